@@ -1,0 +1,20 @@
+.DEFAULT_GOAL := help
+.PHONY: help setup test lint demo bench-models
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+setup: ## Create .venv and install faas-llm with dev tools
+	bash scripts/bootstrap.sh
+
+test: ## Run lint, type checks and the whole test suite (README's test command)
+	bash scripts/test.sh
+
+lint: setup ## ruff and mypy only
+	.venv/bin/ruff check . && .venv/bin/mypy
+
+demo: ## Run the system on its embedded default (README's run command)
+	bash scripts/demo.sh
+
+bench-models: setup ## Build the ~1.3 B parameter bench model into bench/out/models/bench
+	.venv/bin/faas-llm model make-demo --size bench bench/out/models/bench

@@ -1,0 +1,40 @@
+"""The ``faas-llm`` command line (conventions of OpenWhisk's ``wsk`` where they fit).
+
+Exit codes: 0 ok, 1 an error reported by the server or the system, 2 a usage error.
+Each command group lives in its own module and is registered on :data:`cli` here.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from faas_llm import __version__
+from faas_llm.cli.model import model
+from faas_llm.errors import FaasLLMError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="faas-llm")
+def cli() -> None:
+    """faas-llm: serverless LLM inference (OpenWhisk-style actions, ServerlessLLM-style loading)."""
+
+
+cli.add_command(model)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI, turning faas-llm errors into a message and exit code 1."""
+    try:
+        cli.main(args=argv, prog_name="faas-llm", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except FaasLLMError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+    sys.exit(0)

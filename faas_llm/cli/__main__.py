@@ -1,0 +1,3 @@
+from faas_llm.cli import main
+
+main()

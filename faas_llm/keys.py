@@ -1,0 +1,137 @@
+"""Every Redis key, stream, channel and consumer-group name faas-llm uses.
+
+Nothing else in the code base spells a Redis key: build it here. All names start
+with the configured prefix (``Settings.key_prefix``, default ``faas``) so several
+deployments can share one Redis and ``SCAN prefix:*`` finds everything of one.
+
+Layout (``P`` = prefix)::
+
+    P:auth:{uuid}                      hash  namespace, key_hash (hashed API key)
+    P:namespaces                       set   namespace names
+    P:ns:{ns}:subjects                 set   auth uuids of a namespace
+    P:ns:{ns}:action:{name}            str   action JSON
+    P:ns:{ns}:actions                  zset  action names (score: updated ms)
+    P:act:{id}                         str   activation record JSON (TTL: retention)
+    P:act:{id}:pending                 str   the queued invocation until it completes
+    P:act:{id}:done                    list  one element pushed when the record is stored (BLPOP)
+    P:act:{id}:tokens                  stream  streamed tokens of an activation
+    P:act:{id}:claim                   str   idempotency: which consumer runs it
+    P:ns:{ns}:activations              zset  activation ids (score: start ms)
+    P:ns:{ns}:rate:{minute}            str   invocations counted in one minute
+    P:ns:{ns}:inflight                 zset  in-flight activation ids (score: deadline ms)
+    P:q:{ns}:{action}                  stream  per-action invocation queue
+    P:queues                           set   names of all per-action streams
+    P:node:{id}                        str   node report JSON (TTL: node_ttl)
+    P:nodes                            zset  node ids (score: last heartbeat ms)
+    P:node:{id}:cache                  str   cache-agent inventory JSON (TTL)
+    P:node:{id}:containers             hash  container id -> container JSON
+    P:model:{name}:status              hash  prefetch/status of a model per node
+    P:models:popularity                zset  model -> recent invocation count
+    P:migration:{id}                   hash  live-migration state of an activation
+    P:events                           channel cluster events (pub/sub)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builder bound to one prefix. ``Keys(settings.key_prefix)``."""
+
+    prefix: str = "faas"
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # --- auth and namespaces ---------------------------------------------------------
+    def auth(self, uuid: str) -> str:
+        return self._k("auth", uuid)
+
+    def namespaces(self) -> str:
+        return self._k("namespaces")
+
+    def namespace_subjects(self, namespace: str) -> str:
+        return self._k("ns", namespace, "subjects")
+
+    # --- actions -----------------------------------------------------------------------
+    def action(self, namespace: str, name: str) -> str:
+        return self._k("ns", namespace, "action", name)
+
+    def actions_index(self, namespace: str) -> str:
+        return self._k("ns", namespace, "actions")
+
+    # --- activations -------------------------------------------------------------------
+    def activation(self, activation_id: str) -> str:
+        return self._k("act", activation_id)
+
+    def activation_pending(self, activation_id: str) -> str:
+        return self._k("act", activation_id, "pending")
+
+    def activation_done(self, activation_id: str) -> str:
+        return self._k("act", activation_id, "done")
+
+    def activation_tokens(self, activation_id: str) -> str:
+        return self._k("act", activation_id, "tokens")
+
+    def activation_claim(self, activation_id: str) -> str:
+        return self._k("act", activation_id, "claim")
+
+    def activations_index(self, namespace: str) -> str:
+        return self._k("ns", namespace, "activations")
+
+    # --- limits -------------------------------------------------------------------------
+    def rate_window(self, namespace: str, minute: int) -> str:
+        return self._k("ns", namespace, "rate", str(minute))
+
+    def inflight(self, namespace: str) -> str:
+        return self._k("ns", namespace, "inflight")
+
+    # --- queues -------------------------------------------------------------------------
+    def action_queue(self, namespace: str, action: str) -> str:
+        return self._k("q", namespace, action)
+
+    def queues_index(self) -> str:
+        return self._k("queues")
+
+    def consumer_group(self) -> str:
+        """The one consumer group every invoker joins on every action queue."""
+        return self._k("invokers")
+
+    # --- nodes, containers, caches ------------------------------------------------------
+    def node(self, node_id: str) -> str:
+        return self._k("node", node_id)
+
+    def nodes_index(self) -> str:
+        return self._k("nodes")
+
+    def node_cache(self, node_id: str) -> str:
+        return self._k("node", node_id, "cache")
+
+    def node_containers(self, node_id: str) -> str:
+        return self._k("node", node_id, "containers")
+
+    # --- models ---------------------------------------------------------------------------
+    def model_status(self, model: str) -> str:
+        return self._k("model", model, "status")
+
+    def model_popularity(self) -> str:
+        return self._k("models", "popularity")
+
+    # --- migration, events ----------------------------------------------------------------
+    def migration(self, activation_id: str) -> str:
+        return self._k("migration", activation_id)
+
+    def events(self) -> str:
+        return self._k("events")
+
+    # --- celery ---------------------------------------------------------------------------
+    @staticmethod
+    def node_queue(node_id: str) -> str:
+        """Celery queue of work that must run on one node (a Celery queue name, not a key)."""
+        return f"node.{node_id}"
+
+    def pattern(self) -> str:
+        """SCAN/KEYS pattern matching every key of this prefix."""
+        return self._k("*")

@@ -1,0 +1,1 @@
+"""The invoker: container pool, locality-aware placement and dispatch (one per node)."""
