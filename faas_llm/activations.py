@@ -1,0 +1,196 @@
+"""The activation store: the contract between the gateway (producer) and the invokers (consumers).
+
+Life of an activation, all in Redis (keys from :mod:`faas_llm.keys`):
+
+1. :meth:`ActivationStore.submit` (gateway) writes, in one transaction, the pending
+   invocation (``act:{id}:pending``) and a message on the action's stream
+   (``q:{ns}:{action}``, field ``invocation`` = :class:`~faas_llm.types.Invocation` JSON),
+   and registers the stream in ``queues``. The activation id is the idempotency key.
+2. Invokers read the stream with a consumer group (at-least-once; see ``invoker/``).
+   Streamed tokens are appended to ``act:{id}:tokens`` with :meth:`append_tokens`.
+3. :meth:`ActivationStore.complete` stores the record exactly once (``SET NX``): a
+   redelivered invocation that completes again is ignored (returns ``False``). It wakes
+   blocking waiters (``act:{id}:done``) and indexes the record for listing.
+
+``get`` is ``None`` until the record is stored (the API's 404), as in OpenWhisk.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from faas_llm.keys import Keys
+from faas_llm.types import ActivationRecord, Invocation
+
+STREAM_FIELD = "invocation"
+TOKEN_FIELD = "chunk"
+#: the last chunk of a token stream carries this key (``{"done": true, ...}``)
+TOKENS_DONE = "done"
+
+
+@dataclass(frozen=True)
+class TokenChunk:
+    id: str
+    data: dict[str, Any]
+
+    @property
+    def done(self) -> bool:
+        return bool(self.data.get(TOKENS_DONE))
+
+
+class ActivationStore:
+    """Activation records, pending invocations and token streams in Redis."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, retention_s: int = 7 * 86400) -> None:
+        self.r = client
+        self.keys = keys
+        self.retention_s = retention_s
+
+    # --- producing ------------------------------------------------------------------
+    def submit(self, invocation: Invocation) -> str:
+        """Queue an invocation; returns the stream entry id."""
+        k = self.keys
+        queue = k.action_queue(invocation.namespace, invocation.action)
+        payload = invocation.model_dump_json()
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(k.activation_pending(invocation.activation_id), payload, ex=self.retention_s)
+        pipe.xadd(queue, {STREAM_FIELD: payload})
+        pipe.sadd(k.queues_index(), queue)
+        entry_id = pipe.execute()[1]
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    @staticmethod
+    def decode_message(fields: Mapping[Any, Any]) -> Invocation:
+        """The invocation inside a stream entry's fields (bytes or str keys)."""
+        raw = fields.get(STREAM_FIELD) if STREAM_FIELD in fields else fields.get(STREAM_FIELD.encode())
+        if raw is None:
+            raise ValueError("stream entry has no invocation field")
+        return Invocation.model_validate_json(raw)
+
+    def pending(self, activation_id: str) -> Invocation | None:
+        raw = self.r.get(self.keys.activation_pending(activation_id))
+        return Invocation.model_validate_json(raw) if raw else None
+
+    # --- completing -----------------------------------------------------------------
+    def complete(self, record: ActivationRecord) -> bool:
+        """Store ``record`` unless one is stored already; True if this call stored it."""
+        k = self.keys
+        aid = record.activationId
+        stored = self.r.set(k.activation(aid), record.model_dump_json(), nx=True, ex=self.retention_s)
+        if not stored:
+            return False
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zadd(k.activations_index(record.namespace), {aid: record.start})
+        pipe.delete(k.activation_pending(aid))
+        pipe.zrem(k.inflight(record.namespace), aid)
+        pipe.rpush(k.activation_done(aid), "1")
+        pipe.expire(k.activation_done(aid), 300)
+        pipe.expire(k.activation_tokens(aid), 300)
+        pipe.execute()
+        return True
+
+    # --- reading --------------------------------------------------------------------
+    def get(self, activation_id: str) -> ActivationRecord | None:
+        raw = self.r.get(self.keys.activation(activation_id))
+        return ActivationRecord.model_validate_json(raw) if raw else None
+
+    def wait(self, activation_id: str, timeout_s: float) -> ActivationRecord | None:
+        """Block until the record is stored or ``timeout_s`` passes (then ``None``)."""
+        record = self.get(activation_id)
+        if record is not None or timeout_s <= 0:
+            return record
+        done = self.keys.activation_done(activation_id)
+        # BLMOVE back onto the same list leaves the signal in place for other waiters.
+        self.r.blmove(done, done, timeout=timeout_s, src="LEFT", dest="RIGHT")
+        return self.get(activation_id)
+
+    def query(
+        self,
+        namespace: str,
+        *,
+        name: str | None = None,
+        skip: int = 0,
+        limit: int = 30,
+        since: int | None = None,
+        upto: int | None = None,
+    ) -> list[ActivationRecord]:
+        """Newest first, like OpenWhisk; ``since``/``upto`` are epoch ms bounds on ``start``."""
+        index = self.keys.activations_index(namespace)
+        lo = "-inf" if since is None else since
+        hi = "+inf" if upto is None else upto
+        out: list[ActivationRecord] = []
+        offset, page = 0, max(limit + skip, 50)
+        skipped = 0
+        while len(out) < limit:
+            ids = self.r.zrevrangebyscore(index, hi, lo, start=offset, num=page)
+            if not ids:
+                break
+            offset += len(ids)
+            raws = self.r.mget([self.keys.activation(i.decode() if isinstance(i, bytes) else i) for i in ids])
+            for raw in raws:
+                if raw is None:  # expired record: drop its index entry lazily
+                    continue
+                record = ActivationRecord.model_validate_json(raw)
+                if name is not None and record.name != name:
+                    continue
+                if skipped < skip:
+                    skipped += 1
+                    continue
+                out.append(record)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def count(self, namespace: str, *, since: int | None = None, upto: int | None = None) -> int:
+        lo = "-inf" if since is None else since
+        hi = "+inf" if upto is None else upto
+        return int(self.r.zcount(self.keys.activations_index(namespace), lo, hi))
+
+    def prune_index(self, namespace: str, now_ms: int | None = None) -> int:
+        """Drop index entries older than the retention (their records have expired)."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        cutoff = now - self.retention_s * 1000
+        return int(self.r.zremrangebyscore(self.keys.activations_index(namespace), "-inf", cutoff))
+
+    # --- token streams ----------------------------------------------------------------
+    def append_tokens(self, activation_id: str, chunk: Mapping[str, Any]) -> str:
+        """Append one chunk (e.g. ``{"text": "...", "token_ids": [...]}``) to the activation's stream."""
+        key = self.keys.activation_tokens(activation_id)
+        entry = self.r.xadd(key, {TOKEN_FIELD: json.dumps(chunk)}, maxlen=100_000, approximate=True)
+        self.r.expire(key, self.retention_s if chunk.get(TOKENS_DONE) else 3600)
+        return entry.decode() if isinstance(entry, bytes) else str(entry)
+
+    def read_tokens(self, activation_id: str, after: str = "0", block_ms: int = 1000) -> list[TokenChunk]:
+        """Chunks after entry id ``after``, waiting up to ``block_ms`` for the first one."""
+        key = self.keys.activation_tokens(activation_id)
+        resp = self.r.xread({key: after}, count=256, block=block_ms)
+        out: list[TokenChunk] = []
+        for _stream, entries in resp or []:
+            for entry_id, fields in entries:
+                raw = fields.get(TOKEN_FIELD) if TOKEN_FIELD in fields else fields.get(TOKEN_FIELD.encode())
+                eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                out.append(TokenChunk(eid, json.loads(raw)))
+        return out
+
+    def iter_tokens(self, activation_id: str, timeout_s: float, block_ms: int = 500) -> Iterator[TokenChunk]:
+        """Follow the token stream until a ``done`` chunk, the record is stored, or the timeout."""
+        deadline = time.monotonic() + timeout_s
+        after = "0"
+        while time.monotonic() < deadline:
+            chunks = self.read_tokens(activation_id, after, block_ms)
+            for chunk in chunks:
+                after = chunk.id
+                yield chunk
+                if chunk.done:
+                    return
+            if not chunks and self.get(activation_id) is not None:
+                # completed without a done chunk (e.g. failed before streaming): drain and stop
+                for chunk in self.read_tokens(activation_id, after, 1):
+                    yield chunk
+                return
