@@ -48,7 +48,8 @@ class ActivationStore:
     """Activation records, pending invocations and token streams in Redis."""
 
     def __init__(self, client: redis.Redis, keys: Keys, retention_s: int = 7 * 86400) -> None:
-        self.r = client
+        # redis-py's stubs type replies as unions of everything; treat replies as Any here.
+        self.r: Any = client
         self.keys = keys
         self.retention_s = retention_s
 
