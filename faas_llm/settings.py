@@ -118,6 +118,14 @@ class Settings(BaseModel):
         5.0, gt=0, description="How often unacked tasks of dead workers are restored."
     )
 
+    # --- client (the faas-llm CLI and faas_llm.client) ---------------------------------
+    apihost: str = Field("", description="Gateway URL the CLI talks to (empty: the properties file, else the gateway).")
+    auth: str = Field("", description="API key uuid:key of the CLI (empty: the properties file).")
+    properties_file: Path = Field(
+        default_factory=lambda: Path.home() / ".faas-llm" / "props",
+        description="The CLI's properties file (like ~/.wskprops): APIHOST, AUTH, NAMESPACE, REDIS_URL.",
+    )
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
@@ -197,6 +205,12 @@ class Settings(BaseModel):
                 continue
             out[names[0]] = ("1" if value else "0") if isinstance(value, bool) else str(value)
         return out
+
+
+def child_environ(settings: Settings) -> dict[str, str]:
+    """The environment of a child process: this one's, minus its FAAS_LLM_*, plus ``settings``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    return {**base, **settings.as_env()}
 
 
 @lru_cache(maxsize=1)
