@@ -1,0 +1,370 @@
+"""Placement policies: on which node should a new instance of a model start? (pure functions)
+
+A policy takes plain data — one :class:`NodeView` per node and a
+:class:`PlacementRequest` — and returns a :class:`Decision` (node, estimated seconds
+until the model could serve there, and the tier it would load from) or ``None`` when
+no node can take it. No I/O: the invoker builds the views from Redis (node reports and
+cache inventories, see :func:`views_from_reports`) and a simulator builds them from a
+trace; both get the same decisions.
+
+Policies (``settings.placement_policy`` names one; :func:`make_policy`):
+
+``locality`` (ours)
+    For each node, the time until the model could serve there is the minimum of
+
+    * waiting for a warm instance of the model: 0 when one is idle, else the
+      expected free time of the soonest busy one; and
+    * starting a new instance (only with a free slot and memory): the node's queue of
+      pending loads plus ``size / bandwidth`` of the fastest tier that holds the
+      checkpoint (DRAM, SSD, the registry, which holds everything).
+
+    It picks the node with the smallest estimate; ties go to the faster tier, then
+    to the node id (deterministic).
+``serverlessllm``
+    ServerlessLLM's storage-aware rule: among nodes with a free slot and a local
+    copy, DRAM costs ``size / bw_dram`` (no queue), SSD costs
+    ``queue + size / bw_ssd``; pick the minimum. Warm instances are not modelled.
+    With no local copy anywhere it falls back to a registry load on the node with
+    the shortest queue (ServerlessLLM downloads at deploy time, so it never faces
+    that case); ``serverlessllm-strict`` returns ``None`` instead.
+``random``
+    A seeded random node among those with a free slot.
+``round-robin``
+    The next node (by id) with a free slot, in turn.
+``hash``
+    OpenWhisk's home invoker: ``hash(namespace/action)`` picks a home node among
+    all nodes (sorted by id); when it is full, step to the next one.
+``least-loaded``
+    The node with the most free slots (then the shortest load queue, then the id).
+
+The baselines place blindly but still report the estimate of what their choice
+costs (same cost model as ``locality``), so a simulator can compare them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from faas_llm.errors import ConfigError
+from faas_llm.types import CacheInventory, ContainerState, LoadTier, NodeReport
+
+MB = 1_000_000
+#: Bandwidths (bytes/s) assumed where a node has not measured one (0 means unknown).
+DEFAULT_BANDWIDTH: Mapping[LoadTier, float] = {
+    LoadTier.DRAM: 10_000 * MB,
+    LoadTier.SSD: 1_000 * MB,
+    LoadTier.REGISTRY: 200 * MB,
+}
+#: Order in which tiers win ties (faster first).
+_TIER_RANK = {LoadTier.WARM: 0, LoadTier.DRAM: 1, LoadTier.SSD: 2, LoadTier.REGISTRY: 3, LoadTier.LOCAL: 4}
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What a policy knows of one node, for one model."""
+
+    node: str
+    free_slots: int
+    free_memory_mb: int = 1 << 30
+    #: idle warm instances of the model (they could serve now)
+    warm_idle: int = 0
+    #: expected seconds until each busy warm instance of the model is free
+    warm_busy_free_s: tuple[float, ...] = ()
+    in_dram: bool = False
+    in_ssd: bool = False
+    bw_dram: float = 0.0
+    bw_ssd: float = 0.0
+    bw_registry: float = 0.0
+    #: seconds until the node's queue of pending loads drains
+    queue_s: float = 0.0
+    #: bytes of pending loads not already counted in ``queue_s`` (drained at registry bandwidth)
+    queue_bytes: int = 0
+    draining: bool = False
+
+    def bandwidth(self, tier: LoadTier) -> float:
+        measured = {LoadTier.DRAM: self.bw_dram, LoadTier.SSD: self.bw_ssd, LoadTier.REGISTRY: self.bw_registry}
+        value = measured.get(tier, 0.0)
+        return value if value > 0 else DEFAULT_BANDWIDTH[tier]
+
+    def queue_seconds(self) -> float:
+        extra = self.queue_bytes / self.bandwidth(LoadTier.REGISTRY) if self.queue_bytes > 0 else 0.0
+        return max(0.0, self.queue_s) + extra
+
+    def can_start(self, memory_mb: int) -> bool:
+        return not self.draining and self.free_slots > 0 and self.free_memory_mb >= memory_mb
+
+    def tiers_holding(self) -> list[LoadTier]:
+        tiers = [LoadTier.DRAM] if self.in_dram else []
+        if self.in_ssd:
+            tiers.append(LoadTier.SSD)
+        return [*tiers, LoadTier.REGISTRY]
+
+
+@dataclass(frozen=True)
+class PlacementRequest:
+    """The instance to place: an action's model and its checkpoint size."""
+
+    namespace: str
+    action: str
+    model: str
+    size_bytes: int
+    memory_mb: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.action}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Start (or, for ``tier == WARM``, wait for) an instance on ``node``."""
+
+    node: str
+    startup_s: float
+    tier: LoadTier
+
+    @property
+    def waits_for_warm(self) -> bool:
+        return self.tier is LoadTier.WARM
+
+
+class PlacementPolicy(Protocol):
+    name: str
+
+    def choose(self, request: PlacementRequest, nodes: Sequence[NodeView]) -> Decision | None: ...
+
+
+# --- cost model ---------------------------------------------------------------------------
+
+
+def load_estimate(request: PlacementRequest, node: NodeView) -> tuple[float, LoadTier]:
+    """Seconds to start a new instance on ``node`` (queue + size / bw of the fastest holding tier)."""
+    best: tuple[float, LoadTier] | None = None
+    for tier in node.tiers_holding():
+        seconds = request.size_bytes / node.bandwidth(tier)
+        if best is None or (seconds, _TIER_RANK[tier]) < (best[0], _TIER_RANK[best[1]]):
+            best = (seconds, tier)
+    assert best is not None  # the registry always holds the checkpoint
+    return node.queue_seconds() + best[0], best[1]
+
+
+def warm_wait(node: NodeView) -> float | None:
+    """Seconds until a warm instance on ``node`` could serve, or ``None`` without one."""
+    if node.warm_idle > 0:
+        return 0.0
+    if node.warm_busy_free_s:
+        return max(0.0, min(node.warm_busy_free_s))
+    return None
+
+
+def _best(candidates: Iterable[Decision]) -> Decision | None:
+    return min(candidates, key=lambda d: (d.startup_s, _TIER_RANK[d.tier], d.node), default=None)
+
+
+def _startable(request: PlacementRequest, nodes: Sequence[NodeView]) -> list[NodeView]:
+    return sorted((n for n in nodes if n.can_start(request.memory_mb)), key=lambda n: n.node)
+
+
+def _decide_load(request: PlacementRequest, node: NodeView) -> Decision:
+    seconds, tier = load_estimate(request, node)
+    return Decision(node.node, seconds, tier)
+
+
+# --- policies -------------------------------------------------------------------------------
+
+
+@dataclass
+class LocalityPolicy:
+    """Ours: min over nodes of (warm wait, queue + size / bw of the fastest holding tier)."""
+
+    name: str = "locality"
+    #: consider waiting for busy warm instances (off: only start new instances)
+    use_warm: bool = True
+
+    def choose(self, request: PlacementRequest, nodes: Sequence[NodeView]) -> Decision | None:
+        options: list[Decision] = []
+        for node in nodes:
+            wait = warm_wait(node) if self.use_warm else None
+            if wait is not None:
+                options.append(Decision(node.node, wait, LoadTier.WARM))
+            if node.can_start(request.memory_mb):
+                options.append(_decide_load(request, node))
+        return _best(options)
+
+
+@dataclass
+class ServerlessLLMPolicy:
+    """ServerlessLLM's storage-aware rule (DRAM: size/bw_dram; SSD: queue + size/bw_ssd)."""
+
+    name: str = "serverlessllm"
+    registry_fallback: bool = True
+
+    def choose(self, request: PlacementRequest, nodes: Sequence[NodeView]) -> Decision | None:
+        startable = _startable(request, nodes)
+        options: list[Decision] = []
+        for node in startable:
+            if node.in_dram:
+                options.append(Decision(node.node, request.size_bytes / node.bandwidth(LoadTier.DRAM), LoadTier.DRAM))
+            elif node.in_ssd:
+                seconds = node.queue_seconds() + request.size_bytes / node.bandwidth(LoadTier.SSD)
+                options.append(Decision(node.node, seconds, LoadTier.SSD))
+        if options or not self.registry_fallback:
+            return _best(options)
+        return _best(
+            Decision(n.node, n.queue_seconds() + request.size_bytes / n.bandwidth(LoadTier.REGISTRY), LoadTier.REGISTRY)
+            for n in startable
+        )
+
+
+@dataclass
+class RandomPolicy:
+    """A seeded random node among those that can start an instance."""
+
+    name: str = "random"
+    seed: int = 0
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def choose(self, request: PlacementRequest, nodes: Sequence[NodeView]) -> Decision | None:
+        startable = _startable(request, nodes)
+        return _decide_load(request, self.rng.choice(startable)) if startable else None
+
+
+@dataclass
+class RoundRobinPolicy:
+    """The next startable node by id, in turn (the turn advances on every placement)."""
+
+    name: str = "round-robin"
+    turn: int = 0
+
+    def choose(self, request: PlacementRequest, nodes: Sequence[NodeView]) -> Decision | None:
+        startable = _startable(request, nodes)
+        if not startable:
+            return None
+        node = startable[self.turn % len(startable)]
+        self.turn += 1
+        return _decide_load(request, node)
+
+
+def stable_hash(text: str) -> int:
+    """A hash that is the same in every process (Python's ``hash`` is salted)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+@dataclass
+class HashHomePolicy:
+    """OpenWhisk's home invoker: hash(namespace/action) -> home; step to the next node when full."""
+
+    name: str = "hash"
+
+    def choose(self, request: PlacementRequest, nodes: Sequence[NodeView]) -> Decision | None:
+        ordered = sorted(nodes, key=lambda n: n.node)
+        if not ordered:
+            return None
+        home = stable_hash(request.key) % len(ordered)
+        for step in range(len(ordered)):
+            node = ordered[(home + step) % len(ordered)]
+            if node.can_start(request.memory_mb):
+                return _decide_load(request, node)
+        return None
+
+
+@dataclass
+class LeastLoadedPolicy:
+    """The node with the most free slots (then the shortest load queue, then the id)."""
+
+    name: str = "least-loaded"
+
+    def choose(self, request: PlacementRequest, nodes: Sequence[NodeView]) -> Decision | None:
+        startable = _startable(request, nodes)
+        if not startable:
+            return None
+        node = min(startable, key=lambda n: (-n.free_slots, n.queue_seconds(), n.node))
+        return _decide_load(request, node)
+
+
+# --- registry -------------------------------------------------------------------------------
+
+POLICIES: dict[str, Callable[[int], PlacementPolicy]] = {
+    "locality": lambda seed: LocalityPolicy(),
+    "serverlessllm": lambda seed: ServerlessLLMPolicy(),
+    "serverlessllm-strict": lambda seed: ServerlessLLMPolicy(name="serverlessllm-strict", registry_fallback=False),
+    "random": lambda seed: RandomPolicy(seed=seed),
+    "round-robin": lambda seed: RoundRobinPolicy(),
+    "hash": lambda seed: HashHomePolicy(),
+    "least-loaded": lambda seed: LeastLoadedPolicy(),
+}
+
+
+def make_policy(name: str, seed: int = 0) -> PlacementPolicy:
+    """A fresh policy (with its own state) by registry name; unknown names raise ConfigError."""
+    try:
+        factory = POLICIES[name]
+    except KeyError:
+        raise ConfigError(f"unknown placement policy {name!r}: choose one of {', '.join(sorted(POLICIES))}") from None
+    return factory(seed)
+
+
+# --- from Redis records to views --------------------------------------------------------------
+
+
+def views_from_reports(
+    request: PlacementRequest,
+    reports: Sequence[NodeReport],
+    inventories: Mapping[str, CacheInventory],
+    *,
+    expected_run_s: float = 1.0,
+    model_sizes: Mapping[str, int] | None = None,
+) -> list[NodeView]:
+    """Node views for ``request`` from node reports and cache inventories (pure).
+
+    A node without an inventory is treated as holding nothing locally (registry only).
+    Busy warm instances of the action are expected free after ``expected_run_s``
+    scaled by their load; ``STARTING`` containers on a node count as its queue of
+    pending loads (each at its model's size from ``model_sizes``, default the
+    request's size).
+    """
+    sizes = model_sizes or {}
+    views: list[NodeView] = []
+    for report in reports:
+        inv = inventories.get(report.node)
+        live = [c for c in report.containers if c.state is not ContainerState.REMOVING]
+        mine = [c for c in live if c.namespace == request.namespace and c.action == request.action]
+        idle = sum(1 for c in mine if c.state is ContainerState.IDLE or (
+            c.state is ContainerState.BUSY and c.active < c.concurrency))
+        busy = tuple(
+            expected_run_s * max(1, c.active) / max(1, c.concurrency)
+            for c in mine if c.state is ContainerState.BUSY and c.active >= c.concurrency
+        )
+        starting = [c for c in live if c.state is ContainerState.STARTING]
+        occupied = [c for c in live if c.state in (ContainerState.BUSY, ContainerState.STARTING)]
+        queue_bytes = sum(sizes.get(c.model or "", request.size_bytes) for c in starting)
+        if inv is not None:
+            queue_bytes += inv.pending_bytes
+        views.append(NodeView(
+            node=report.node,
+            # idle and prewarmed containers are reclaimable (the pool evicts LRU idle ones)
+            free_slots=max(0, report.max_containers - len(occupied)),
+            free_memory_mb=report.free_memory_mb,
+            warm_idle=idle,
+            warm_busy_free_s=busy,
+            in_dram=inv is not None and request.model in inv.dram.models,
+            in_ssd=inv is not None and request.model in inv.ssd.models,
+            bw_dram=inv.dram.read_bandwidth if inv else 0.0,
+            bw_ssd=inv.ssd.read_bandwidth if inv else 0.0,
+            bw_registry=inv.registry_bandwidth if inv else 0.0,
+            queue_bytes=queue_bytes,
+            draining=report.draining,
+        ))
+    return views
+
+
+def seconds_or_inf(decision: Decision | None) -> float:
+    return decision.startup_s if decision is not None else math.inf
