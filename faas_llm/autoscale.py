@@ -1,0 +1,45 @@
+"""Autoscaling of an action (pure): how many instances it wants, which idle ones go.
+
+Per action (:class:`~faas_llm.types.Scaling`): ``min_instances`` always kept,
+``max_instances`` never exceeded, ``target_concurrency`` activations per instance
+(Knative's containerConcurrency target, ServerlessLLM's ``auto_scaling_config``),
+``keep_alive`` seconds idle before an instance is removed (0: at once; scale to zero
+when ``min_instances`` is 0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from faas_llm.types import Scaling
+
+
+def desired_instances(scaling: Scaling, in_flight: int, backlog: int) -> int:
+    """Instances for ``in_flight`` running plus ``backlog`` queued activations, within [min, max]."""
+    demand = max(0, in_flight) + max(0, backlog)
+    wanted = math.ceil(demand / scaling.target_concurrency) if demand else 0
+    return max(scaling.min_instances, min(scaling.max_instances, wanted))
+
+
+def instances_to_start(scaling: Scaling, instances: int, in_flight: int, backlog: int) -> int:
+    """New instances to start now, given ``instances`` live or starting (never above max)."""
+    room = scaling.max_instances - instances
+    return max(0, min(room, desired_instances(scaling, in_flight, backlog) - instances))
+
+
+@dataclass(frozen=True)
+class IdleInstance:
+    id: str
+    idle_since: float  # seconds on any clock shared with ``now``
+
+
+def scale_in(scaling: Scaling, idle: Sequence[IdleInstance], instances: int, now: float) -> list[str]:
+    """Idle instances to remove: idle at least ``keep_alive``, oldest first, keeping ``min_instances``.
+
+    ``instances`` is the action's instance count across the cluster (idle ones included).
+    """
+    removable = max(0, instances - scaling.min_instances)
+    expired = sorted((i for i in idle if now - i.idle_since >= scaling.keep_alive), key=lambda i: (i.idle_since, i.id))
+    return [i.id for i in expired[:removable]]
