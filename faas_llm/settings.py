@@ -111,10 +111,10 @@ class Settings(BaseModel):
     container_factory: Literal["process", "docker"] = Field("process", description="How runtimes are started.")
     runtime_image: str = Field("faas-llm/action-runtime:latest", description="Image of the Docker factory.")
     placement_policy: str = Field("locality", description="Placement policy name (see faas_llm.placement).")
-
-    # --- celery --------------------------------------------------------------------
     invoker_metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port of the invoker (0: off).")
     runtime_start_timeout_s: float = Field(120.0, gt=0, description="Longest a new runtime may take to listen.")
+
+    # --- celery --------------------------------------------------------------------
     celery_visibility_timeout_s: int = Field(3600, ge=10, description="Broker visibility timeout (> longest task).")
     celery_restore_interval_s: float = Field(
         5.0, gt=0, description="How often unacked tasks of dead workers are restored."
