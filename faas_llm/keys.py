@@ -25,6 +25,9 @@ Layout (``P`` = prefix)::
     P:nodes                            zset  node ids (score: last heartbeat ms)
     P:node:{id}:cache                  str   cache-agent inventory JSON (TTL)
     P:node:{id}:containers             hash  container id -> container JSON
+    P:node:{id}:starts                 stream  start requests for the node's invoker (placement)
+    P:starts:{ns}:{action}             zset  start requests in flight (score: expiry ms)
+    P:lock:place:{ns}:{action}         str   who is placing the action's instances now (TTL)
     P:model:{name}:status              hash  prefetch/status of a model per node
     P:models:popularity                zset  model -> recent invocation count
     P:migration:{id}                   hash  live-migration state of an activation
@@ -111,6 +114,17 @@ class Keys:
 
     def node_containers(self, node_id: str) -> str:
         return self._k("node", node_id, "containers")
+
+    def node_starts(self, node_id: str) -> str:
+        """Stream of start requests the placement sent to a node's invoker."""
+        return self._k("node", node_id, "starts")
+
+    def action_starts(self, namespace: str, action: str) -> str:
+        """Start requests of an action not yet visible as containers (zset scored by expiry ms)."""
+        return self._k("starts", namespace, action)
+
+    def placement_lock(self, namespace: str, action: str) -> str:
+        return self._k("lock", "place", namespace, action)
 
     # --- models ---------------------------------------------------------------------------
     def model_status(self, model: str) -> str:

@@ -13,6 +13,7 @@ def test_every_key_has_the_prefix_and_matches_the_pattern() -> None:
         keys.action_queue("ns", "a"), keys.queues_index(), keys.consumer_group(), keys.node("n"),
         keys.nodes_index(), keys.node_cache("n"), keys.node_containers("n"), keys.model_status("m"),
         keys.model_popularity(), keys.migration("id"), keys.events(),
+        keys.node_starts("n"), keys.action_starts("ns", "a"), keys.placement_lock("ns", "a"),
     ]
     assert len(set(built)) == len(built), "two different things share a key"
     for key in built:
