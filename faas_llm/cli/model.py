@@ -29,6 +29,29 @@ def make_demo(size: str, arch: str, seed: int, out_dir: Path) -> None:
     click.echo(f"wrote {size} {arch} model to {path} ({total / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s")
 
 
+@model.command("convert")
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace DST if it exists (atomically).")
+@click.option("--partition-mib", type=click.IntRange(1), default=1024, show_default=True,
+              help="Target size of one partition file.")
+def convert_cmd(src: Path, dst: Path, overwrite: bool, partition_mib: int) -> None:
+    """Convert a Hugging Face model directory SRC into a loading-optimised checkpoint DST."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    from faas_llm.checkpoint import convert
+
+    started = time.perf_counter()
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn()) as bar:
+        task = bar.add_task(f"converting {src.name}", total=None)
+        index = convert(src, dst, lambda done, total: bar.update(task, completed=done, total=total),
+                        overwrite=overwrite, partition_bytes=partition_mib * 1024 * 1024)
+    click.echo(f"wrote {dst}: {len(index.tensors)} tensors ({len(index.aliases)} aliases), "
+               f"{len(index.partitions)} partition(s), {index.total_bytes / 1e6:.1f} MB "
+               f"in {time.perf_counter() - started:.1f} s")
+
+
 @model.command("generate")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--prompt", "-p", default="The serverless platform", show_default=True)

@@ -1,0 +1,198 @@
+"""From tensors to a ready model: a skeleton without weight memory, then the tensors assigned.
+
+The skeleton's *parameters* are created on the ``meta`` device (no memory, no random
+initialisation), while its *buffers* are built for real on the CPU by the modules' own
+constructors — so non-persistent buffers such as rotary ``inv_freq`` hold exactly the
+values a normal construction gives. The checkpoint's tensors are then assigned
+(``load_state_dict(assign=True)``: the parameters *are* the zero-copy views), tied weights
+are re-tied, and anything still on ``meta`` means the checkpoint lacks a tensor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from faas_llm.checkpoint.reader import LoadStats, read_into
+from faas_llm.checkpoint.region import Region, RegionPool, default_pool
+from faas_llm.checkpoint.sources import CheckpointSource, as_source
+from faas_llm.checkpoint.tensors import region_tensor, tensors_from_region
+from faas_llm.errors import CheckpointError
+
+_meta_params = threading.local()
+_patch_lock = threading.Lock()
+_patch_users = 0
+_original_register_parameter = nn.Module.register_parameter
+
+
+def _register_parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+    if param is not None and param.device.type != "meta" and getattr(_meta_params, "active", False):
+        extra = dict(param.__dict__)
+        param = type(param)(param.to("meta"), requires_grad=param.requires_grad)
+        param.__dict__.update(extra)
+    _original_register_parameter(module, name, param)
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """While active in this thread, every registered parameter is replaced by a ``meta`` twin
+    (buffers stay real). Other threads building modules at the same time are not affected."""
+    global _patch_users
+    with _patch_lock:
+        if _patch_users == 0:
+            nn.Module.register_parameter = _register_parameter  # type: ignore[method-assign,assignment]
+        _patch_users += 1
+    _meta_params.active = True
+    try:
+        yield
+    finally:
+        _meta_params.active = False
+        with _patch_lock:
+            _patch_users -= 1
+            if _patch_users == 0:
+                nn.Module.register_parameter = _original_register_parameter  # type: ignore[method-assign]
+
+
+def load_config(config_dir: str | Path) -> Any:
+    """The model's transformers config from ``config_dir/config.json`` (CheckpointError if absent/bad)."""
+    from transformers import AutoConfig
+
+    path = Path(config_dir) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (the checkpoint needs the model's config)")
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+        return AutoConfig.from_pretrained(str(config_dir), local_files_only=True)
+    except (ValueError, OSError, KeyError) as exc:
+        raise CheckpointError(f"{path}: cannot read the model config: {exc}") from None
+
+
+def build_skeleton(config_dir: str | Path) -> nn.Module:
+    """The model of ``config_dir`` with its parameters on ``meta`` and real buffers (CPU)."""
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(config_dir)
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    kwargs: dict[str, Any] = {"dtype": dtype} if isinstance(dtype, torch.dtype) else {}
+    with parameters_on_meta():
+        return AutoModelForCausalLM.from_config(config, **kwargs)
+
+
+def assign_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], *, where: str = "checkpoint",
+                   device: str | torch.device = "cpu") -> nn.Module:
+    """Assign ``tensors`` to ``model``'s parameters/buffers without copying, re-tie, finish on ``device``."""
+    expected = model.state_dict(keep_vars=True)
+    for name, tensor in tensors.items():
+        target = expected.get(name)
+        if target is not None and tuple(target.shape) != tuple(tensor.shape):
+            raise CheckpointError(f"{where}: tensor {name!r} has shape {list(tensor.shape)}, "
+                                  f"the model expects {list(target.shape)}")
+    model.load_state_dict(tensors, strict=False, assign=True)
+    tie_weights = getattr(model, "tie_weights", None)
+    if callable(tie_weights):
+        tie_weights()
+    missing = [n for n, t in model.state_dict(keep_vars=True).items() if t.device.type == "meta"]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise CheckpointError(f"{where}: missing tensor(s) {shown}")
+    if torch.device(device).type != "cpu":
+        model.to(device)  # buffers built on the CPU follow the tensors (already on the device: no copy)
+    model.eval()
+    return model
+
+
+def build_model(ckpt_dir: str | Path, tensors: dict[str, torch.Tensor], device: str | torch.device = "cpu",
+                *, skeleton: nn.Module | None = None) -> nn.Module:
+    """A ready ``nn.Module`` (eval mode) whose weights are ``tensors`` (not copied).
+
+    ``ckpt_dir`` holds ``config.json``; ``skeleton`` (from :func:`build_skeleton`) skips
+    building it again (the loader builds it while the reads are in flight)."""
+    model = skeleton if skeleton is not None else build_skeleton(ckpt_dir)
+    return assign_tensors(model, tensors, where=str(ckpt_dir), device=device)
+
+
+def load_model(
+    ckpt: str | Path | CheckpointSource,
+    *,
+    region: Region | memoryview | None = None,
+    device: str | torch.device = "cpu",
+    settings: Any = None,
+    verify: bool = True,
+    pool: RegionPool | None = None,
+) -> tuple[nn.Module, LoadStats]:
+    """Load a checkpoint into a ready model in one call.
+
+    The bytes go into ``region`` (a :class:`Region`, or any writable buffer of at least
+    ``checkpoint_nbytes(index)``) or, without one, into a pre-faulted region taken from
+    ``pool`` (default: the process-wide pool), given back when the model is collected. The
+    skeleton is built while the reads are in flight. ``settings`` (a Settings) supplies the
+    chunk size, threads and O_DIRECT switch. ``device`` other than CPU goes through
+    :func:`faas_llm.checkpoint.gpu.load_to_device`.
+    """
+    if torch.device(device).type != "cpu":
+        from faas_llm.checkpoint.gpu import load_model_to_device
+
+        return load_model_to_device(ckpt, device=device, settings=settings, verify=verify)
+    started = time.perf_counter()
+    direct_io = settings.loader_direct_io if settings is not None else True
+    source = as_source(ckpt, direct_io=direct_io)
+    index = source.index
+    config_dir = source.config_dir
+    if config_dir is None:
+        raise CheckpointError(f"{source.description}: no directory with the model's config.json")
+    taken: Region | None = None
+    if region is None:
+        pool = pool or default_pool()
+        taken = pool.take(index.total_bytes)
+        dest: memoryview = taken.buffer
+    else:
+        dest = region.buffer if isinstance(region, Region) else memoryview(region)
+    try:
+        skeleton: list[nn.Module] = []
+        failure: list[BaseException] = []
+
+        def build() -> None:
+            try:
+                skeleton.append(build_skeleton(config_dir))
+            except BaseException as exc:
+                failure.append(exc)
+
+        builder = threading.Thread(target=build, name="ckpt-skeleton", daemon=True)
+        builder.start()
+        try:
+            stats = read_into(source, index, dest, verify=verify, **_reader_options(settings))
+        finally:
+            builder.join()
+        if failure:
+            raise failure[0]
+        build_started = time.perf_counter()
+        tensors = tensors_from_region(index, region_tensor(dest, index.total_bytes))
+        model = assign_tensors(skeleton[0], tensors, where=source.description)
+    except BaseException:
+        if taken is not None and pool is not None:
+            pool.give_back(taken)
+        raise
+    if taken is not None and pool is not None:
+        weakref.finalize(model, pool.give_back, taken)
+    stats.build_seconds = time.perf_counter() - build_started
+    stats.total_seconds = time.perf_counter() - started
+    return model, stats
+
+
+def _reader_options(settings: Any) -> dict[str, Any]:
+    if settings is None:
+        return {}
+    return {"chunk_bytes": settings.loader_chunk_bytes, "threads": settings.loader_threads,
+            "direct_io": settings.loader_direct_io}
+
