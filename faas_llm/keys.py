@@ -9,6 +9,7 @@ Layout (``P`` = prefix)::
     P:auth:{uuid}                      hash  namespace, key_hash (hashed API key)
     P:namespaces                       set   namespace names
     P:ns:{ns}:subjects                 set   auth uuids of a namespace
+    P:ns:{ns}:limits                   hash  per-namespace limit overrides (invocationsPerMinute, ...)
     P:ns:{ns}:action:{name}            str   action JSON
     P:ns:{ns}:actions                  zset  action names (score: updated ms)
     P:act:{id}                         str   activation record JSON (TTL: retention)
@@ -57,6 +58,9 @@ class Keys:
 
     def namespace_subjects(self, namespace: str) -> str:
         return self._k("ns", namespace, "subjects")
+
+    def namespace_limits(self, namespace: str) -> str:
+        return self._k("ns", namespace, "limits")
 
     # --- actions -----------------------------------------------------------------------
     def action(self, namespace: str, name: str) -> str:

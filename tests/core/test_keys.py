@@ -6,7 +6,8 @@ from faas_llm.keys import Keys
 def test_every_key_has_the_prefix_and_matches_the_pattern() -> None:
     keys = Keys("pfx")
     built = [
-        keys.auth("u"), keys.namespaces(), keys.namespace_subjects("ns"), keys.action("ns", "a"),
+        keys.auth("u"), keys.namespaces(), keys.namespace_subjects("ns"), keys.namespace_limits("ns"),
+        keys.action("ns", "a"),
         keys.actions_index("ns"), keys.activation("id"), keys.activation_pending("id"),
         keys.activation_done("id"), keys.activation_tokens("id"), keys.activation_claim("id"),
         keys.activations_index("ns"), keys.rate_window("ns", 5), keys.inflight("ns"),

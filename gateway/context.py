@@ -1,0 +1,56 @@
+"""The gateway's services, built once per app and stored on it (``app.extensions``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from flask import current_app
+
+from faas_llm.actions_store import ActionStore
+from faas_llm.activations import ActivationStore
+from faas_llm.auth import AuthStore
+from faas_llm.keys import Keys
+from faas_llm.limits import Limiter, NamespaceLimits
+from faas_llm.settings import Settings
+from gateway.metrics import GatewayMetrics
+from gateway.services.actions import ActionService
+from gateway.services.invoke import InvokeService
+from gateway.services.openai import OpenAIService
+
+EXTENSION = "faas_llm_gateway"
+
+
+@dataclass(frozen=True)
+class Gateway:
+    settings: Settings
+    redis: redis.Redis
+    auth: AuthStore
+    actions: ActionService
+    activations: ActivationStore
+    limiter: Limiter
+    invoker: InvokeService
+    openai: OpenAIService
+    metrics: GatewayMetrics
+
+    @classmethod
+    def build(cls, settings: Settings) -> Gateway:
+        client = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+        keys = Keys(settings.key_prefix)
+        actions = ActionService(ActionStore(client, keys), settings)
+        activations = ActivationStore(client, keys, settings.activation_retention_s)
+        limiter = Limiter(client, keys, NamespaceLimits(settings.invocations_per_minute,
+                                                        settings.concurrent_invocations))
+        invoker = InvokeService(actions, activations, limiter, settings)
+        return cls(
+            settings=settings, redis=client, auth=AuthStore(client, keys), actions=actions,
+            activations=activations, limiter=limiter, invoker=invoker,
+            openai=OpenAIService(actions, invoker, activations, settings.blocking_wait_max_ms),
+            metrics=GatewayMetrics(),
+        )
+
+
+def gateway() -> Gateway:
+    """The services of the app handling the current request."""
+    gw: Gateway = current_app.extensions[EXTENSION]
+    return gw

@@ -1,0 +1,55 @@
+"""gunicorn for the gateway: gthread workers (blocking invokes and SSE streams hold a thread each).
+
+The configuration is built from :class:`~faas_llm.settings.Settings` (no gunicorn config file
+is read), and each worker builds its own app after the fork, so no Redis connection is shared
+between processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from faas_llm.settings import Settings
+
+
+def gunicorn_options(settings: Settings) -> dict[str, Any]:
+    # gthread workers heartbeat from their main loop, so a thread that waits 60 s for a blocking
+    # invoke or streams for minutes does not get the worker killed; ``timeout`` only catches a
+    # worker whose main loop is stuck.
+    return {
+        "bind": f"{settings.gateway_host}:{settings.gateway_port}",
+        "workers": settings.gateway_workers,
+        "threads": settings.gateway_threads,
+        "worker_class": "gthread",
+        "timeout": 120,
+        "graceful_timeout": 30,
+        "keepalive": 75,
+        "loglevel": settings.log_level.lower(),
+        "accesslog": None,
+        "errorlog": "-",
+        "preload_app": False,
+        "proc_name": "faas-llm-gateway",
+        "limit_request_line": 8190,
+    }
+
+
+class GatewayServer(BaseApplication):
+    """``GatewayServer(settings).run()`` serves the gateway until SIGTERM/SIGINT."""
+
+    def __init__(self, settings: Settings, overrides: dict[str, Any] | None = None) -> None:
+        self.settings = settings
+        self.options = {**gunicorn_options(settings), **(overrides or {})}
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            if key in self.cfg.settings and value is not None:
+                self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        from gateway.app import create_app
+
+        return create_app(self.settings)

@@ -1,0 +1,60 @@
+"""Helpers every blueprint uses: the JSON body (size-checked), the caller, the namespace."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Response, g, jsonify, request
+
+from faas_llm.auth import Identity
+from faas_llm.errors import RequestError
+from gateway.context import gateway
+from gateway.errors import payload_too_large
+from gateway.http_auth import current_identity, resolve_namespace
+
+ACTIVATION_HEADER = "x-openwhisk-activation-id"
+
+
+def json_body(*, default: Any = None) -> Any:
+    """The request's JSON; ``default`` when the body is empty (``None``: a body is required).
+
+    The size is checked from ``Content-Length`` before anything is read, and enforced again
+    while reading (a chunked body has no length): 413 either way.
+    """
+    limit = gateway().settings.max_payload_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise payload_too_large(request.content_length, limit)
+    data = request.get_data(cache=True)  # the stream is limited to MAX_CONTENT_LENGTH (413 past it)
+    if not data.strip():
+        if default is None:
+            raise RequestError("The request content was malformed: a JSON body is required.")
+        return default
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(f"The request content was malformed: {exc}") from None
+
+
+def json_object_body(*, required: bool = False) -> dict[str, Any]:
+    body = json_body(default=None if required else {})
+    if not isinstance(body, dict):
+        raise RequestError("The request content was malformed: expected a JSON object.")
+    return body
+
+
+def caller_namespace(namespace: str) -> tuple[Identity, str]:
+    identity = current_identity()
+    return identity, resolve_namespace(identity, namespace)
+
+
+def transaction_id() -> str:
+    return str(g.tid)
+
+
+def json_response(body: Any, status: int = 200, activation_id: str | None = None) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    if activation_id:
+        response.headers[ACTIVATION_HEADER] = activation_id
+    return response

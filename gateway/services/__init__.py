@@ -1,0 +1,1 @@
+"""The gateway's logic, free of HTTP: actions, invocations, the OpenAI face."""

@@ -1,0 +1,121 @@
+"""Invoking an action: limits, the queued invocation, the blocking wait (no HTTP here).
+
+The gateway never talks to a container: it admits the invocation against the
+namespace's limits, queues it with :meth:`ActivationStore.submit` and, when the caller
+blocks, waits for the record an invoker stores with :meth:`ActivationStore.complete`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from faas_llm.activations import ActivationStore
+from faas_llm.auth import Identity
+from faas_llm.errors import (
+    ActionError,
+    ActivationStatus,
+    ApplicationError,
+    DeveloperError,
+    FaasLLMError,
+    InternalError,
+)
+from faas_llm.limits import Limiter
+from faas_llm.settings import Settings
+from faas_llm.types import Action, ActivationRecord, Invocation, new_activation_id, now_ms
+from gateway.services.actions import ActionService
+
+
+@dataclass(frozen=True)
+class Submitted:
+    action: Action
+    invocation: Invocation
+
+    @property
+    def activation_id(self) -> str:
+        return self.invocation.activation_id
+
+
+@dataclass(frozen=True)
+class InvokeOutcome:
+    activation_id: str
+    record: ActivationRecord | None  # None: still running (non-blocking, or the wait ran out)
+
+
+def merge_params(defaults: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The action's parameters are defaults; the invocation's params win."""
+    return {**defaults, **params}
+
+
+def blocking_wait_ms(action: Action, override_ms: int | None, cap_ms: int) -> int:
+    """How long a blocking invoke waits: ``?timeout=`` if given, else the action's timeout; at most the cap."""
+    return min(override_ms if override_ms is not None else action.limits.timeout, cap_ms)
+
+
+def record_error(record: ActivationRecord) -> FaasLLMError | None:
+    """The error an unsuccessful record stands for (``None`` for a success)."""
+    code = record.response.statusCode
+    if code == ActivationStatus.SUCCESS:
+        return None
+    result = record.response.result
+    message = result.get("error") if isinstance(result, dict) else None
+    text = str(message) if message else f"The activation {record.activationId} failed ({record.response.status})."
+    if code == ActivationStatus.APPLICATION_ERROR:
+        return ApplicationError(text)
+    if code == ActivationStatus.DEVELOPER_ERROR:
+        return DeveloperError(text)
+    return InternalError(text)
+
+
+def record_http_status(record: ActivationRecord) -> int:
+    """200 for a success, 502 for an application or developer error, 500 for an internal error."""
+    error = record_error(record)
+    if error is None:
+        return 200
+    return 502 if isinstance(error, ActionError) else 500
+
+
+class InvokeService:
+    def __init__(
+        self, actions: ActionService, activations: ActivationStore, limiter: Limiter, settings: Settings
+    ) -> None:
+        self.actions = actions
+        self.activations = activations
+        self.limiter = limiter
+        self.settings = settings
+
+    def submit(
+        self, identity: Identity, namespace: str, name: str, params: dict[str, Any], transaction_id: str,
+        *, stream: bool = False,
+    ) -> Submitted:
+        """Admit and queue one invocation of ``namespace/name``."""
+        action = self.actions.get(namespace, name)
+        activation_id = new_activation_id()
+        start = now_ms()
+        deadline = start + action.limits.timeout
+        # A consumer that died mid-run stops counting against the namespace after this.
+        self.limiter.admit(namespace, activation_id, deadline + self.settings.blocking_wait_max_ms, start)
+        invocation = Invocation(
+            activation_id=activation_id, namespace=namespace, action=name, action_version=action.version,
+            subject=identity.subject, params=merge_params(action.default_params(), params),
+            transaction_id=transaction_id, enqueued_ms=start, deadline_ms=deadline, stream=stream,
+        )
+        try:
+            self.activations.submit(invocation)
+        except Exception:
+            self.limiter.release(namespace, activation_id)
+            raise
+        return Submitted(action, invocation)
+
+    def wait(self, activation_id: str, wait_ms: int) -> ActivationRecord | None:
+        return self.activations.wait(activation_id, wait_ms / 1000)
+
+    def invoke(
+        self, identity: Identity, namespace: str, name: str, params: dict[str, Any], transaction_id: str,
+        *, blocking: bool, timeout_ms: int | None = None,
+    ) -> InvokeOutcome:
+        submitted = self.submit(identity, namespace, name, params, transaction_id)
+        if not blocking:
+            return InvokeOutcome(submitted.activation_id, None)
+        wait_ms = blocking_wait_ms(submitted.action, timeout_ms, self.settings.blocking_wait_max_ms)
+        return InvokeOutcome(submitted.activation_id, self.wait(submitted.activation_id, wait_ms))
