@@ -11,7 +11,12 @@ import sys
 import click
 
 from faas_llm import __version__
+from faas_llm.cli.action import action
+from faas_llm.cli.activation import activation
+from faas_llm.cli.cluster import cluster
 from faas_llm.cli.model import model
+from faas_llm.cli.property import property_group
+from faas_llm.cli.up import down, up
 from faas_llm.errors import FaasLLMError
 
 
@@ -22,6 +27,22 @@ def cli() -> None:
 
 
 cli.add_command(model)
+
+
+@cli.command("cache-agent", add_help_option=False,
+             context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def cache_agent_cmd(ctx: click.Context) -> None:
+    """Run this node's cache agent (the same options as `cache-agent`; --help for them)."""
+    from cache_agent.__main__ import main as agent_main
+
+    agent_main(ctx.args)
+cli.add_command(action)
+cli.add_command(activation)
+cli.add_command(property_group)
+cli.add_command(cluster)
+cli.add_command(up)
+cli.add_command(down)
 
 
 def main(argv: list[str] | None = None) -> None:
