@@ -77,6 +77,10 @@ class Settings(BaseModel):
     runtime_threads: int = Field(8, ge=1, le=256, description="gunicorn threads of an action runtime.")
     runtime_drain_s: float = Field(30.0, ge=0, description="Grace period to drain in-flight runs on SIGTERM.")
     runtime_torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default).")
+    runtime_model: str = Field(
+        "", description="Model a runtime loads at start with no /init (Knative): a registry name or a checkpoint "
+        "directory (starting with /, . or ~); empty: wait for /init.",
+    )
 
     # --- checkpoint loader ---------------------------------------------------------
     loader_chunk_bytes: int = Field(64 * MiB, ge=MiB, description="Size of one sequential read of the loader.")

@@ -1,0 +1,175 @@
+"""Where a runtime's model comes from: one small interface, several sources.
+
+``/init`` names a model (:class:`ModelSpec`: a registry name and/or a local checkpoint path);
+:func:`load_model` picks the first :class:`ModelSource` that can load it and returns a
+:class:`LoadedModel` (model, tokenizer, the tier it came from, seconds). Sources, tried in order:
+
+- ``faas-llm``: a faas-llm checkpoint directory (``index.json`` + partitions), through
+  :mod:`faas_llm.checkpoint`'s loader (used when that package provides ``load_model``);
+- ``hf``: a Hugging Face model directory, through ``from_pretrained(local_files_only=True)``;
+- a registry name is resolved to ``<registry dir>/<name>`` of a ``file://`` registry and loaded
+  with the directory sources above (tier ``registry``).
+
+The node's cache agent (DRAM / SSD tiers) plugs in as one more source placed first in
+:func:`default_sources` once its client exists; nothing else has to change.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
+
+from faas_llm.errors import CheckpointError, InitError, RegistryError
+from faas_llm.settings import Settings
+from faas_llm.types import LoadTier, ModelName
+
+CHECKPOINT_INDEX = "index.json"
+HF_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+
+
+class ModelSpec(BaseModel):
+    """The model an action runs: ``model`` (registry name) and/or ``checkpoint`` (local directory).
+
+    With both, the checkpoint path is loaded and ``model`` is the name results report.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    model: ModelName | None = None
+    checkpoint: StrictStr | None = Field(None, min_length=1, max_length=4096)
+
+    @model_validator(mode="after")
+    def _some_model(self) -> ModelSpec:
+        if self.model is None and self.checkpoint is None:
+            raise ValueError("name the model: give value.model (a registry name) or value.checkpoint (a directory)")
+        return self
+
+    @property
+    def display_name(self) -> str:
+        return self.model or Path(self.checkpoint or "").name
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    name: str
+    tier: LoadTier
+    load_s: float
+    source: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelSource(ABC):
+    """One way of loading a model. ``tier`` is where the bytes come from when it loads."""
+
+    name: str
+
+    @abstractmethod
+    def can_load(self, path: Path) -> bool:
+        """Whether the directory ``path`` holds a model this source reads."""
+
+    @abstractmethod
+    def load(self, path: Path, settings: Settings) -> tuple[Any, dict[str, Any]]:
+        """Load the model from ``path``: (the model in eval mode, details for the result)."""
+
+
+def load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise InitError(f"cannot load the tokenizer from {path}: {exc}") from None
+
+
+class HFDirSource(ModelSource):
+    """A Hugging Face model directory (``config.json`` and safetensors / bin weights)."""
+
+    name = "hf"
+
+    def can_load(self, path: Path) -> bool:
+        return (path / "config.json").is_file() and any(any(path.glob(p)) for p in HF_WEIGHT_PATTERNS)
+
+    def load(self, path: Path, settings: Settings) -> tuple[Any, dict[str, Any]]:
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise InitError(f"cannot load the model from {path}: {exc}") from None
+        return model.eval(), {}
+
+
+class CheckpointSource(ModelSource):
+    """A faas-llm checkpoint directory, read by :mod:`faas_llm.checkpoint`'s loader."""
+
+    name = "faas-llm"
+
+    @staticmethod
+    def _loader() -> Any:
+        try:
+            from faas_llm import checkpoint
+        except ImportError:
+            return None
+        return getattr(checkpoint, "load_model", None)
+
+    def can_load(self, path: Path) -> bool:
+        return (path / CHECKPOINT_INDEX).is_file() and self._loader() is not None
+
+    def load(self, path: Path, settings: Settings) -> tuple[Any, dict[str, Any]]:
+        loader = self._loader()
+        if loader is None:
+            raise CheckpointError("this build has no faas-llm checkpoint loader")
+        model, stats = loader(path, settings=settings)
+        detail = stats.to_dict() if hasattr(stats, "to_dict") else {}
+        return model.eval(), detail
+
+
+def default_sources() -> list[ModelSource]:
+    return [CheckpointSource(), HFDirSource()]
+
+
+def registry_dir(settings: Settings) -> Path | None:
+    """The local directory of a ``file://`` registry (``None`` for an object store)."""
+    url = settings.registry
+    return Path(url.removeprefix("file://")) if url.startswith("file://") else None
+
+
+def resolve(spec: ModelSpec, settings: Settings) -> tuple[Path, LoadTier]:
+    """The directory to load and the tier it counts as."""
+    if spec.checkpoint is not None:
+        path = Path(spec.checkpoint).expanduser()
+        if not path.is_dir():
+            raise InitError(f"checkpoint {spec.checkpoint!r} is not a directory")
+        return path, LoadTier.LOCAL
+    root = registry_dir(settings)
+    if root is None:
+        raise RegistryError(
+            f"model {spec.model!r}: the registry {settings.registry} is remote; it is reached through the "
+            "node's cache agent, and this runtime has none"
+        )
+    path = root / str(spec.model)
+    if not path.is_dir():
+        raise RegistryError(f"model {spec.model!r} is not in the registry {settings.registry}")
+    return path, LoadTier.REGISTRY
+
+
+def load_model(spec: ModelSpec, settings: Settings, sources: list[ModelSource] | None = None) -> LoadedModel:
+    """Load the model ``spec`` names with the first source that can read it."""
+    path, tier = resolve(spec, settings)
+    for source in sources if sources is not None else default_sources():
+        if source.can_load(path):
+            started = time.perf_counter()
+            model, detail = source.load(path, settings)
+            tokenizer = load_tokenizer(path)
+            return LoadedModel(
+                model=model, tokenizer=tokenizer, name=spec.display_name, tier=tier,
+                load_s=time.perf_counter() - started, source=source.name, detail=detail,
+            )
+    raise InitError(f"{path} holds no model this runtime can load (a Hugging Face or faas-llm checkpoint directory)")
