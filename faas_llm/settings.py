@@ -101,6 +101,8 @@ class Settings(BaseModel):
     ssd_dir: Path | None = Field(None, description="SSD tier directory (empty: data_dir/<node>/ssd).")
     lease_ttl_s: float = Field(30.0, gt=0, description="TTL of a client's lease on a DRAM checkpoint.")
     inventory_ttl_s: float = Field(10.0, gt=0, description="TTL of a node's published cache inventory.")
+    dram_pool_dir: Path = Field(Path("/dev/shm"), description="tmpfs directory holding the DRAM pool's segment.")
+    cache_metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port of the cache agent (0: off).")
 
     # --- invoker -------------------------------------------------------------------
     prewarm_count: int = Field(1, ge=0, le=64, description="Prewarmed runtimes each invoker keeps ready.")

@@ -13,6 +13,16 @@ def model() -> None:
     """Models: build demo models, convert, push to the registry."""
 
 
+def _add_registry_commands() -> None:
+    from faas_llm.cli.model_registry import delete, list_models, push
+
+    for command in (push, list_models, delete):
+        model.add_command(command)
+
+
+_add_registry_commands()
+
+
 @model.command("make-demo")
 @click.option("--size", type=click.Choice(["tiny", "bench"]), default="tiny", show_default=True,
               help="tiny: a few MB for tests; bench: ~1.3 B parameters, fp16, ~2.6 GB.")

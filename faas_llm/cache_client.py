@@ -1,0 +1,307 @@
+"""The client side of the node's cache agent: leases on checkpoints held in its DRAM pool,
+mapped into this process without copying.
+
+::
+
+    client = CacheClient(settings)
+    loaded = client.load_model("org/model")      # acquire + map + build; heartbeats the lease
+    loaded.model(...)                            # weights are views into the shared segment
+    loaded.close()                               # release (or client.close() for all)
+
+``acquire`` returns a :class:`CacheLease` (segment path, offset, index); ``lease.tensors()``
+maps the checkpoint's extent of the segment (``MAP_SHARED``, read-only, pre-populated, so
+the first forward pass pays no page faults) and views every tensor in it. A background
+thread heartbeats every live lease at a third of its TTL. When the agent is down,
+:meth:`CacheClient.load_model` (``fallback=True``) loads the newest copy in the node's SSD
+tier with the checkpoint loader itself, else raises :class:`CacheAgentError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from faas_llm.cache_protocol import (
+    AcquireReply,
+    AcquireRequest,
+    ErrorReply,
+    HeartbeatReply,
+    HeartbeatRequest,
+    MetricsReply,
+    MetricsRequest,
+    OkReply,
+    PrefetchReply,
+    PrefetchRequest,
+    ReleaseRequest,
+    StatusReply,
+    StatusRequest,
+    local_versions,
+    raise_error_reply,
+    ssd_entry_dir,
+)
+from faas_llm.errors import CacheAgentError, CheckpointError, RequestError
+from faas_llm.settings import Settings
+from faas_llm.types import LoadTier, check_model_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CacheLease:
+    """A lease on a checkpoint in the agent's DRAM pool (valid while heartbeated)."""
+
+    reply: AcquireReply
+    client: CacheClient
+    acquired_at: float = field(default_factory=time.monotonic)
+    expired: bool = False
+    _mapping: mmap.mmap | None = None
+    _index: Any = None
+    _skew: int = 0
+
+    @property
+    def lease_id(self) -> str:
+        return self.reply.lease_id
+
+    @property
+    def tier(self) -> LoadTier:
+        return self.reply.tier
+
+    @property
+    def index(self) -> Any:
+        """The checkpoint's :class:`~faas_llm.checkpoint.CheckpointIndex`."""
+        if self._index is None:
+            from faas_llm.checkpoint import loads_index
+
+            self._index = loads_index(self.reply.index, f"{self.reply.model}@{self.reply.version} (cache agent)")
+        return self._index
+
+    def buffer(self, *, populate: bool = True) -> memoryview:
+        """The checkpoint's region: a read-only view of the agent's segment (no copy)."""
+        if self._mapping is None:
+            start = self.reply.offset // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
+            skew = self.reply.offset - start
+            try:
+                fd = os.open(self.reply.segment, os.O_RDONLY)
+            except OSError as exc:
+                raise CacheAgentError(f"cannot open the cache agent's segment {self.reply.segment}: {exc}") from exc
+            try:
+                flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+                self._mapping = mmap.mmap(fd, skew + self.reply.nbytes, flags=flags, prot=mmap.PROT_READ,
+                                          offset=start)
+            finally:
+                os.close(fd)
+            self._skew = skew
+        return memoryview(self._mapping)[self._skew:self._skew + self.reply.nbytes]
+
+    def tensors(self, *, populate: bool = True) -> dict[str, Any]:
+        """Zero-copy tensors (read-only memory: inference only) for every name of the index."""
+        from faas_llm.checkpoint import tensors_from_buffer
+
+        return tensors_from_buffer(self.index, self.buffer(populate=populate))
+
+    def model(self, *, populate: bool = True) -> Any:
+        """A ready ``nn.Module`` whose weights are views into the shared segment."""
+        from faas_llm.checkpoint import build_model
+
+        return build_model(self.reply.meta_dir, self.tensors(populate=populate))
+
+    def release(self) -> None:
+        """Give the lease back (the mapping stays valid until unused; do not use it after this)."""
+        self.client.release(self)
+
+
+@dataclass
+class LoadedModel:
+    """A model and where it came from; ``close()`` releases its lease (if any)."""
+
+    model: Any
+    tier: LoadTier
+    seconds: float
+    lease: CacheLease | None = None
+    path: Path | None = None
+
+    def close(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+
+
+class CacheClient:
+    """Talks to the node's cache agent over its unix socket (a connection per call)."""
+
+    def __init__(self, settings: Settings, socket_path: Path | None = None, *, timeout_s: float = 600.0,
+                 heartbeat: bool = True) -> None:
+        self.settings = settings
+        self.socket_path = socket_path or settings.cache_socket_path
+        self.timeout_s = timeout_s
+        self._leases: dict[str, CacheLease] = {}
+        self._lock = threading.Lock()
+        self._heartbeat = heartbeat
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- transport ---------------------------------------------------------------------------
+    def _call(self, request: BaseModel, reply_type: type[Any], timeout_s: float | None = None) -> Any:
+        line = request.model_dump_json().encode() + b"\n"
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout_s or self.timeout_s)
+                sock.connect(str(self.socket_path))
+                sock.sendall(line)
+                with sock.makefile("rb") as reader:
+                    raw = reader.readline()
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise CacheAgentError(f"no cache agent listening on {self.socket_path} ({exc.strerror})") from None
+        except OSError as exc:
+            raise CacheAgentError(f"cache agent on {self.socket_path} failed: {exc}") from None
+        if not raw:
+            raise CacheAgentError(f"cache agent on {self.socket_path} closed the connection without a reply")
+        try:
+            reply = ErrorReply.model_validate_json(raw)
+        except ValidationError:
+            pass
+        else:
+            raise_error_reply(reply)
+        try:
+            return reply_type.model_validate_json(raw)
+        except ValidationError as exc:
+            raise CacheAgentError(f"unexpected reply from the cache agent: {exc}") from None
+
+    def available(self) -> bool:
+        """Whether an agent answers on the socket."""
+        try:
+            self.status()
+        except CacheAgentError:
+            return False
+        return True
+
+    # --- requests ----------------------------------------------------------------------------
+    def acquire(self, model: str, version: int | None = None, *, ttl_s: float | None = None) -> CacheLease:
+        try:
+            request = AcquireRequest(model=model, version=version, ttl_s=ttl_s)
+        except ValidationError as exc:
+            raise RequestError(f"invalid acquire of {model!r}: {exc.errors()[0]['msg']}") from None
+        lease = CacheLease(self._call(request, AcquireReply), self)
+        with self._lock:
+            self._leases[lease.lease_id] = lease
+        self._ensure_heartbeat()
+        return lease
+
+    def release(self, lease: CacheLease | str) -> None:
+        lease_id = lease if isinstance(lease, str) else lease.lease_id
+        with self._lock:
+            self._leases.pop(lease_id, None)
+        self._call(ReleaseRequest(lease_id=lease_id), OkReply)
+
+    def heartbeat(self) -> list[str]:
+        """Extend every held lease now; returns the ids the agent had already expired."""
+        with self._lock:
+            ids = list(self._leases)
+        if not ids:
+            return []
+        reply: HeartbeatReply = self._call(HeartbeatRequest(lease_ids=ids), HeartbeatReply, timeout_s=10)
+        with self._lock:
+            for lease_id in reply.expired:
+                lease = self._leases.pop(lease_id, None)
+                if lease is not None:
+                    lease.expired = True
+                    log.warning("cache lease %s on %s@%s expired", lease_id, lease.reply.model, lease.reply.version)
+        return reply.expired
+
+    def prefetch(self, model: str, tier: Literal["dram", "ssd"] = "dram", version: int | None = None, *,
+                 wait: bool = False) -> PrefetchReply:
+        try:
+            request = PrefetchRequest(model=model, version=version, tier=tier, wait=wait)
+        except ValidationError as exc:
+            raise RequestError(f"invalid prefetch of {model!r}: {exc.errors()[0]['msg']}") from None
+        reply: PrefetchReply = self._call(request, PrefetchReply)
+        return reply
+
+    def status(self) -> StatusReply:
+        reply: StatusReply = self._call(StatusRequest(), StatusReply, timeout_s=30)
+        return reply
+
+    def metrics(self) -> str:
+        reply: MetricsReply = self._call(MetricsRequest(), MetricsReply, timeout_s=30)
+        return reply.text
+
+    # --- models ------------------------------------------------------------------------------
+    def load_model(self, model: str, version: int | None = None, *, fallback: bool = True) -> LoadedModel:
+        """Acquire ``model`` and build it from the shared segment; if the agent is down and
+        ``fallback``, load the newest local SSD copy with the loader (CacheAgentError if none)."""
+        started = time.perf_counter()
+        try:
+            lease = self.acquire(model, version)
+        except CacheAgentError as exc:
+            if not fallback:
+                raise
+            return self._load_local(model, version, started, exc)
+        try:
+            built = lease.model()
+        except BaseException:
+            with contextlib.suppress(CacheAgentError):
+                lease.release()
+            raise
+        return LoadedModel(built, lease.tier, time.perf_counter() - started, lease=lease)
+
+    def _load_local(self, model: str, version: int | None, started: float, cause: CacheAgentError) -> LoadedModel:
+        from faas_llm.checkpoint import load_model
+
+        check_model_name(model)
+        root = self.settings.ssd_path
+        versions = [v for v in local_versions(root, model) if version is None or v == version]
+        if not versions:
+            raise CacheAgentError(f"{cause.message}; and no local copy of {model} in {root} to fall back to")
+        path = ssd_entry_dir(root, model, versions[-1])
+        try:
+            built, _ = load_model(path, settings=self.settings)
+        except CheckpointError as exc:
+            raise CacheAgentError(f"{cause.message}; the local copy {path} failed to load: {exc.message}") from exc
+        log.warning("cache agent unavailable (%s): loaded %s from %s", cause.message, model, path)
+        return LoadedModel(built, LoadTier.LOCAL, time.perf_counter() - started, path=path)
+
+    # --- heartbeats ----------------------------------------------------------------------------
+    def _ensure_heartbeat(self) -> None:
+        if not self._heartbeat or (self._thread is not None and self._thread.is_alive()):
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._heartbeat_loop, name="cache-lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _heartbeat_loop(self) -> None:
+        while True:
+            with self._lock:
+                ttls = [lease.reply.ttl_s for lease in self._leases.values()]
+            if self._stop.wait(min(ttls, default=self.settings.lease_ttl_s) / 3):
+                return
+            try:
+                self.heartbeat()
+            except CacheAgentError as exc:
+                log.warning("cache lease heartbeat failed: %s", exc)
+
+    def close(self) -> None:
+        """Stop heartbeating and release every lease still held (best effort)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            ids = list(self._leases)
+        for lease_id in ids:
+            with contextlib.suppress(CacheAgentError):
+                self.release(lease_id)
+
+    def __enter__(self) -> CacheClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
