@@ -19,8 +19,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the gateway for ``settings`` (default: :func:`get_settings`)."""
     settings = settings or get_settings()
     app = Flask("gateway")
-    # Werkzeug then limits the body stream itself (a chunked body has no Content-Length to check).
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
+    # Werkzeug then stops reading a body one byte past the limit (a chunked body has no
+    # Content-Length to check); reading that extra byte is how json_body() tells it is too large.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes + 1
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]
     gw = Gateway.build(settings)

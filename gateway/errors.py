@@ -69,7 +69,8 @@ def _handle_faas(exc: FaasLLMError) -> Response:
 def _handle_http(exc: HTTPException) -> Response:
     status = exc.code or 500
     if isinstance(exc, RequestEntityTooLarge):
-        return error_response(payload_too_large(request.content_length, request.max_content_length or 0))
+        limit = max((request.max_content_length or 1) - 1, 0)  # see MAX_CONTENT_LENGTH in create_app
+        return error_response(payload_too_large(request.content_length, limit))
     if status == 404:
         return error_response(NotFoundError())
     if status == 405:

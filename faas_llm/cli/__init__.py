@@ -13,6 +13,7 @@ import click
 from faas_llm import __version__
 from faas_llm.cli.action import action
 from faas_llm.cli.activation import activation
+from faas_llm.cli.admin import admin, gateway_cmd
 from faas_llm.cli.cluster import cluster
 from faas_llm.cli.model import model
 from faas_llm.cli.property import property_group
@@ -37,12 +38,22 @@ def cache_agent_cmd(ctx: click.Context) -> None:
 
 
 cli.add_command(model)
+cli.add_command(admin)
+cli.add_command(gateway_cmd)
 cli.add_command(action)
 cli.add_command(activation)
 cli.add_command(property_group)
 cli.add_command(cluster)
 cli.add_command(up)
 cli.add_command(down)
+
+
+@cli.command("invoker")
+def invoker_cmd() -> None:
+    """Run this node's invoker (settings from FAAS_LLM_* variables; SIGTERM stops it gracefully)."""
+    from invoker.__main__ import main as invoker_main
+
+    invoker_main()
 
 
 def main(argv: list[str] | None = None) -> None:

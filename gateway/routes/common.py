@@ -25,7 +25,9 @@ def json_body(*, default: Any = None) -> Any:
     limit = gateway().settings.max_payload_bytes
     if request.content_length is not None and request.content_length > limit:
         raise payload_too_large(request.content_length, limit)
-    data = request.get_data(cache=True)  # the stream is limited to MAX_CONTENT_LENGTH (413 past it)
+    data = request.get_data(cache=True)  # the stream stops at MAX_CONTENT_LENGTH = limit + 1
+    if len(data) > limit:
+        raise payload_too_large(None, limit)
     if not data.strip():
         if default is None:
             raise RequestError("The request content was malformed: a JSON body is required.")
