@@ -66,7 +66,7 @@ def test_a_service_that_dies_at_start_is_reported_with_its_log(tmp_path: Path) -
 def test_not_ready_in_time_stops_everything(tmp_path: Path) -> None:
     sup = Supervisor(Settings(data_dir=tmp_path),
                      [ServiceSpec("slow", ("-c", "import time; time.sleep(600)"), lambda: True, lambda s: False)])
-    with pytest.raises(ConfigError, match="not ready within 0.5 s: slow"):
+    with pytest.raises(ConfigError, match=r"not ready within 0\.5 s: slow"):
         sup.start(timeout_s=0.5)
     assert sup.children == []
 
