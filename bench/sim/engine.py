@@ -1,0 +1,431 @@
+"""The event loop: requests arrive, warm instances serve, the placement policy starts new ones.
+
+Dispatch follows the real invoker (``ARCHITECTURE.md``): an idle warm instance of the
+model serves a request at once (every policy); otherwise the request joins its model's
+queue and, while the queue has more requests than instances loading for it (or,
+for ``locality``, busy instances it chose to wait for), the placement policy is asked
+where to start one. Instances *pull* from their model's queue: whichever becomes free
+first (a busy one finishing, a new one finishing its load) serves the oldest request.
+A request's startup latency is its arrival to the moment an instance starts serving it;
+its tier is the load tier of a fresh instance, or ``warm``.
+
+Each node has a network fetch queue (registry loads, FIFO at the registry bandwidth), an
+SSD read queue (FIFO at the SSD bandwidth) and no queue for DRAM loads (each GPU has its
+own PCIe link; ServerlessLLM's model); ``single_loader`` puts every load in one FIFO
+queue instead. Policies see the SSD queue as ``queue_s`` and the pending registry bytes
+as ``queue_bytes`` (as the invoker's views carry them). A DRAM and an SSD LRU cache
+(a registry load fills both, an SSD load fills DRAM), GPU slots and memory; idle
+instances are kept ``keep_alive_s`` and are evicted least-recently-used (the real
+:func:`faas_llm.pool_policy.lru_victims`) when a start needs their room. Policies see
+exactly what the invoker's views carry, built with the real
+:class:`~faas_llm.placement.NodeView`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bench.sim.cluster import Instance, InstState, Node
+from bench.sim.costs import ClusterSpec, GpuModel
+from bench.sim.workload import Request, Workload, expected_run_s
+from faas_llm.placement import Decision, NodeView, PlacementPolicy, PlacementRequest
+from faas_llm.pool_policy import PoolCapacity, has_room, lru_victims
+from faas_llm.types import LoadTier
+
+ARRIVE, LOAD_DONE, RUN_DONE, EXPIRE, MOVE_DONE = range(5)
+UNLIMITED = 1 << 40
+
+
+@dataclass
+class Served:
+    request: int
+    latency_s: float
+    tier: LoadTier
+
+
+@dataclass
+class SimResult:
+    served: list[Served] = field(default_factory=list)
+    unserved: int = 0
+    placements: int = 0
+    migrations: int = 0
+    migrations_cancelled: int = 0
+    cache_evictions: int = 0
+    instances_evicted: int = 0
+
+
+#: a migration hook: (sim, model index, request, views, decision) -> True when it planned a move
+MigrationHook = Callable[["Simulator", int, PlacementRequest, list[NodeView], Decision | None], bool]
+
+
+class Simulator:
+    """One run of one policy over one workload on one cluster (fresh state every run)."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        policy: PlacementPolicy,
+        cluster: ClusterSpec,
+        gpu: GpuModel,
+        *,
+        seed: int,
+        oracle: bool = False,
+        migration: MigrationHook | None = None,
+    ) -> None:
+        self.w = workload
+        self.policy = policy
+        self.cluster = cluster
+        self.gpu = gpu
+        self.oracle = oracle
+        self.migration = migration
+        self.now = 0.0
+        self.result = SimResult()
+        self.nodes = [Node.build(i, name, cluster) for i, name in enumerate(cluster.node_names())]
+        self.slots = UNLIMITED if oracle else cluster.slots_per_node
+        self.memory_mb = UNLIMITED if oracle else cluster.node_memory_mb
+        n = len(workload.models)
+        self.sizes = [m.size_bytes for m in workload.models]
+        self.names = [m.name for m in workload.models]
+        self.requests = [
+            PlacementRequest("bench", m.name, m.name, m.size_bytes, gpu.instance_memory_mb(m, cluster))
+            for m in workload.models
+        ]
+        self.expected_run = expected_run_s(workload, cluster, gpu)
+        self.queue: list[deque[Request]] = [deque() for _ in range(n)]
+        self.starting = [0] * n
+        self.claims = [0] * n  # requests waiting for a busy warm instance (locality's WARM decisions)
+        self.idle: list[dict[int, Instance]] = [{} for _ in range(n)]
+        self.busy: list[dict[int, Instance]] = [{} for _ in range(n)]
+        self.blocked: set[int] = set()
+        self.instances: dict[int, Instance] = {}
+        self._ids = itertools.count()
+        self._seq = itertools.count()
+        self._events: list[tuple[float, int, int, object]] = []
+        self._deploy(seed)
+
+    # --- setup ---------------------------------------------------------------------------------
+
+    def _deploy(self, seed: int) -> None:
+        """Deployment-time copies on node SSDs (ServerlessLLM downloads a model at deploy)."""
+        rng = random.Random(seed)
+        order = list(range(len(self.nodes)))
+        for m in range(len(self.w.models)):
+            rng.shuffle(order)
+            for i in order[: self.cluster.ssd_replicas]:
+                self.nodes[i].ssd.insert(self.names[m], self.sizes[m])
+
+    def _push(self, t: float, kind: int, data: object) -> None:
+        heapq.heappush(self._events, (t, next(self._seq), kind, data))
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        for req in self.w.requests:
+            self._push(req.t, ARRIVE, req)
+        while self._events:
+            t, _, kind, data = heapq.heappop(self._events)
+            self.now = t
+            if kind == ARRIVE:
+                assert isinstance(data, Request)
+                self._arrive(data)
+            elif kind == LOAD_DONE:
+                assert isinstance(data, Instance)
+                self._load_done(data)
+            elif kind == RUN_DONE:
+                assert isinstance(data, Instance)
+                self._run_done(data)
+            elif kind == EXPIRE:
+                assert isinstance(data, tuple)
+                self._expire(*data)
+            elif kind == MOVE_DONE:
+                assert isinstance(data, Instance)
+                self._move_done(data)
+        self.result.unserved = sum(len(q) for q in self.queue)
+        self.result.cache_evictions = sum(n.dram.evictions + n.ssd.evictions for n in self.nodes)
+        return self.result
+
+    def _arrive(self, req: Request) -> None:
+        idle = self.idle[req.model]
+        if idle:
+            # pack onto the most recently used idle instance (the pool's warm choice)
+            inst = max(idle.values(), key=lambda i: (i.last_used, -i.id))
+            self._serve(inst, req)
+            return
+        self.queue[req.model].append(req)
+        self._cover(req.model)
+
+    def _uncovered(self, m: int) -> int:
+        return len(self.queue[m]) - self.starting[m] - self.claims[m]
+
+    def _cover(self, m: int) -> None:
+        """Ask the policy for instances until every queued request of ``m`` has one coming."""
+        while self._uncovered(m) > 0:
+            request = self.requests[m]
+            views = self.views(m)
+            decision = self.policy.choose(request, views)
+            self.result.placements += 1
+            if self.migration is not None and self.migration(self, m, request, views, decision):
+                continue
+            if decision is None:
+                self.blocked.add(m)
+                return
+            if decision.waits_for_warm:
+                self.claims[m] += 1
+            elif self.start_load(self.node_index(decision.node), m) is None:
+                self.blocked.add(m)  # the policy chose a node without room: wait for capacity
+                return
+        self.blocked.discard(m)
+
+    def _retry_blocked(self) -> None:
+        if not self.blocked:
+            return
+        for m in sorted(self.blocked, key=lambda m: (self.queue[m][0].t if self.queue[m] else math.inf, m)):
+            if self.queue[m] and not self._could_start(m):
+                continue  # nothing changed for it: no room anywhere (it had no warm option either)
+            self.blocked.discard(m)
+            self._cover(m)
+
+    # --- what a policy sees ---------------------------------------------------------------------
+
+    def node_index(self, name: str) -> int:
+        return int(name[1:])
+
+    def busy_free_s(self, m: int) -> list[list[float]]:
+        """Per node, when each busy warm instance of ``m`` is expected free, after the claimed requests.
+
+        Non-clairvoyant: ``expected_run_s`` of the model (its rates at the workload's mean
+        tokens), not the request's true length. The oracle uses the true end times.
+        """
+        per_node: list[list[float]] = [[] for _ in self.nodes]
+        busy = [i for i in self.busy[m].values() if i.evict_for is None]
+        if not busy:
+            return per_node
+        run = self.expected_run[m]
+        heap = [
+            ((i.run_end if self.oracle else max(self.now, i.run_start + run)), i.node) for i in busy
+        ]
+        heapq.heapify(heap)
+        queued = list(itertools.islice(self.queue[m], self.claims[m])) if self.oracle else []
+        for k in range(self.claims[m]):
+            t, node = heapq.heappop(heap)
+            heapq.heappush(heap, (t + (queued[k].run_s if self.oracle else run), node))
+        for t, node in heap:
+            per_node[node].append(t - self.now)
+        return per_node
+
+    def view(self, node: Node, m: int, busy_free: list[float] | None = None, idle: int | None = None) -> NodeView:
+        name = self.names[m]
+        return NodeView(
+            node=node.name,
+            free_slots=max(0, self.slots - node.occupied_slots),
+            free_memory_mb=max(0, self.memory_mb - node.occupied_mb),
+            warm_idle=sum(1 for i in self.idle[m].values() if i.node == node.index) if idle is None else idle,
+            warm_busy_free_s=tuple(busy_free or ()),
+            in_dram=name in node.dram,
+            in_ssd=name in node.ssd,
+            bw_dram=self.cluster.bw_dram,
+            bw_ssd=self.cluster.bw_ssd,
+            bw_registry=self.cluster.bw_registry,
+            queue_s=0.0 if self.oracle else max(0.0, node.loader_free_at - self.now),
+            # registry fetches still pending, as the real views carry them (bytes, drained at registry bandwidth)
+            queue_bytes=0 if self.oracle else int(max(0.0, node.fetch_free_at - self.now) * self.cluster.bw_registry),
+        )
+
+    def views(self, m: int) -> list[NodeView]:
+        busy = self.busy_free_s(m)
+        idle = [0] * len(self.nodes)
+        for inst in self.idle[m].values():
+            idle[inst.node] += 1
+        return [self.view(node, m, busy[node.index], idle[node.index]) for node in self.nodes]
+
+    def _could_start(self, m: int) -> bool:
+        """Some node has a free slot and the memory (else a blocked model stays blocked)."""
+        need = self.requests[m].memory_mb
+        return any(self.slots > n.occupied_slots and self.memory_mb - n.occupied_mb >= need for n in self.nodes)
+
+    # --- instances ------------------------------------------------------------------------------
+
+    def _make_room(self, node: Node, memory_mb: int) -> bool:
+        live = [i.container_view() for i in node.instances.values()]
+        capacity = PoolCapacity(self.slots, self.memory_mb)
+        if has_room(live, memory_mb, capacity):
+            return True
+        victims = lru_victims(live, memory_mb, capacity)
+        for vid in victims:
+            self._remove(node.instances[int(vid)])
+            self.result.instances_evicted += 1
+        return bool(victims)
+
+    def _load_time(self, node: Node, m: int, tier: LoadTier) -> tuple[float, float]:
+        """(start, end) of a load of ``m`` from ``tier`` on ``node``'s loader."""
+        bws = {LoadTier.DRAM: self.cluster.bw_dram, LoadTier.SSD: self.cluster.bw_ssd}
+        bw = bws.get(tier, self.cluster.bw_registry)
+        seconds = self.sizes[m] / bw
+        if self.oracle or (tier is LoadTier.DRAM and not self.cluster.single_loader):
+            return self.now, self.now + seconds
+        if tier is LoadTier.REGISTRY and not self.cluster.single_loader:
+            start = max(self.now, node.fetch_free_at)
+            node.fetch_free_at = start + seconds
+        else:
+            start = max(self.now, node.loader_free_at)
+            node.loader_free_at = start + seconds
+        return start, start + seconds
+
+    def start_load(self, n: int, m: int, *, migrating: bool = False) -> Instance | None:
+        """A new instance of ``m`` on node ``n``, loading from its fastest tier; None without room."""
+        node = self.nodes[n]
+        memory = self.requests[m].memory_mb
+        if not self._make_room(node, memory):
+            return None
+        name = self.names[m]
+        tier = node.fastest_tier(name)
+        if tier is LoadTier.DRAM:
+            node.dram.pin(name)
+        elif tier is LoadTier.SSD:
+            node.ssd.pin(name)
+        _, end = self._load_time(node, m, tier)
+        state = InstState.MIGRATING_IN if migrating else InstState.STARTING
+        inst = Instance(next(self._ids), m, n, memory, state, tier)
+        inst.last_used = self.now
+        self.instances[inst.id] = inst
+        node.instances[inst.id] = inst
+        node.occupied_slots += 1
+        node.occupied_mb += memory
+        if not migrating:
+            self.starting[m] += 1
+        self._push(end, LOAD_DONE, inst)
+        return inst
+
+    def _fill_caches(self, node: Node, m: int, tier: LoadTier) -> None:
+        name, size = self.names[m], self.sizes[m]
+        if tier is LoadTier.DRAM:
+            node.dram.unpin(name)
+            node.dram.touch(name)
+            node.ssd.touch(name)
+            return
+        if tier is LoadTier.SSD:
+            node.ssd.unpin(name)
+            node.ssd.touch(name)
+        else:
+            node.ssd.insert(name, size)
+        node.dram.insert(name, size)
+
+    def _load_done(self, inst: Instance) -> None:
+        node = self.nodes[inst.node]
+        self._fill_caches(node, inst.model, inst.tier)
+        if inst.state is InstState.MIGRATING_IN:
+            if inst.takes_over is not None:
+                self._push(self.now + inst.resume_s, MOVE_DONE, inst)
+                return
+            inst.state = InstState.STARTING  # its migration was cancelled: an ordinary new instance
+        else:
+            self.starting[inst.model] -= 1
+        self._ready(inst)
+
+    def _ready(self, inst: Instance) -> None:
+        """A loaded or freed instance pulls the oldest queued request of its model, or goes idle."""
+        q = self.queue[inst.model]
+        if q:
+            self._serve(inst, q.popleft())
+            self.claims[inst.model] = min(self.claims[inst.model], len(q))
+            return
+        node = self.nodes[inst.node]
+        if inst.occupies:
+            node.occupied_slots -= 1
+            node.occupied_mb -= inst.memory_mb
+        self.busy[inst.model].pop(inst.id, None)
+        inst.state = InstState.IDLE
+        inst.last_used = self.now
+        self.idle[inst.model][inst.id] = inst
+        self._push(self.now + self.cluster.keep_alive_s, EXPIRE, (inst, self.now))
+        self._retry_blocked()
+
+    def _serve(self, inst: Instance, req: Request) -> None:
+        tier = inst.tier if inst.fresh else LoadTier.WARM
+        if tier is LoadTier.WARM and self.claims[req.model] > 0:
+            self.claims[req.model] -= 1
+        self.result.served.append(Served(req.id, self.now - req.t, tier))
+        node = self.nodes[inst.node]
+        if inst.state is InstState.IDLE:
+            del self.idle[inst.model][inst.id]
+            node.occupied_slots += 1
+            node.occupied_mb += inst.memory_mb
+        inst.fresh = False
+        inst.state = InstState.BUSY
+        inst.request = req
+        inst.run_start = self.now
+        inst.run_end = self.now + req.run_s
+        self.busy[inst.model][inst.id] = inst
+        self._push(inst.run_end, RUN_DONE, inst)
+
+    def _run_done(self, inst: Instance) -> None:
+        if inst.state is not InstState.BUSY or inst.run_end != self.now:
+            return  # it moved away (migration) or was removed
+        inst.last_used = self.now
+        inst.request = None
+        if inst.evict_for is not None:
+            self.result.migrations_cancelled += 1  # it finished before its move did
+            self._release_source(inst)
+            return
+        self._ready(inst)
+
+    def _expire(self, inst: Instance, idle_since: float) -> None:
+        if inst.state is InstState.IDLE and inst.last_used == idle_since:
+            self._remove(inst)
+
+    def _remove(self, inst: Instance) -> None:
+        node = self.nodes[inst.node]
+        if inst.occupies:
+            node.occupied_slots -= 1
+            node.occupied_mb -= inst.memory_mb
+        self.idle[inst.model].pop(inst.id, None)
+        self.busy[inst.model].pop(inst.id, None)
+        inst.state = InstState.REMOVED
+        del node.instances[inst.id]
+        del self.instances[inst.id]
+
+    # --- migration (applied here, planned by faas_llm.migration_policy) -------------------------
+
+    def begin_migration(self, victim: Instance, dest: int, resume_s: float, waiting_model: int) -> bool:
+        """Load the victim's model on ``dest``; when it has resumed there, the victim's slot loads ``waiting_model``."""
+        target = self.start_load(dest, victim.model, migrating=True)
+        if target is None:
+            return False
+        target.takes_over = victim.id
+        target.resume_s = resume_s
+        victim.evict_for = waiting_model
+        self.starting[waiting_model] += 1  # the reserved load covers one queued request
+        self.result.migrations += 1
+        return True
+
+    def _move_done(self, target: Instance) -> None:
+        victim = self.instances.get(target.takes_over) if target.takes_over is not None else None
+        target.takes_over = None
+        if victim is None or victim.state is not InstState.BUSY:
+            target.state = InstState.STARTING  # the victim finished first: an ordinary instance now
+            self._ready(target)
+            return
+        target.state = InstState.BUSY
+        target.fresh = False
+        target.request = victim.request
+        target.run_start = victim.run_start
+        target.run_end = victim.run_end
+        self.busy[target.model][target.id] = target
+        self._push(target.run_end, RUN_DONE, target)
+        self._release_source(victim)
+
+    def _release_source(self, victim: Instance) -> None:
+        node, waiting = victim.node, victim.evict_for
+        assert waiting is not None
+        victim.evict_for = None
+        self._remove(victim)
+        self.starting[waiting] -= 1
+        if self.start_load(node, waiting) is None:
+            self._cover(waiting)  # the room went elsewhere meanwhile: place it again
+        self._retry_blocked()

@@ -1,0 +1,128 @@
+"""Live-migration planning (pure): should a running inference move away so a waiting request starts sooner?
+
+ServerlessLLM's rule (OSDI 2024, section 5): when the node where a new instance would
+start soonest (its checkpoint is in DRAM or on SSD there) has no free GPU, a running
+inference on it may be migrated to another node. Token-based migration keeps the
+source decoding while
+
+1. the destination loads the victim's model (``load_s``: the destination's queue of
+   pending loads plus size / bandwidth of its fastest tier holding the checkpoint), and
+2. the destination recomputes the KV cache from the tokens so far
+   (``resume_s = a * tokens + b``, :class:`MigrationCost`),
+
+then the source stops and its slot frees: after ``move_s = load_s + resume_s``. The
+waiting request then loads on the freed node (``request_load_s``), so it could start
+after ``move_s + request_load_s``. A move is worth it only when
+
+* the victim would not finish on its own first (``move_s < victim.remaining_s``;
+  otherwise the slot frees sooner without moving anything), and
+* the waiting request starts sooner than its best option without migration
+  (``baseline_s``: a start on another node, a wait for a busy warm instance, or
+  ``inf`` when nothing can take it).
+
+Only tokens travel, so the victim's own completion is not delayed. One victim is moved
+per plan (an instance occupies one slot); the freed memory must cover the request's.
+Everything here is data in, decision out; a scheduler or a simulator applies the plan.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from faas_llm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MigrationCost:
+    """Resume cost at the destination: ``a_s_per_token * tokens + b_s`` seconds."""
+
+    a_s_per_token: float
+    b_s: float
+
+    def __post_init__(self) -> None:
+        if self.a_s_per_token < 0 or self.b_s < 0 or not math.isfinite(self.a_s_per_token + self.b_s):
+            raise ConfigError(f"migration cost needs finite a >= 0 and b >= 0, got a={self.a_s_per_token} b={self.b_s}")
+
+    def resume_s(self, tokens: int) -> float:
+        return self.a_s_per_token * max(0, tokens) + self.b_s
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A node that could host the victim: seconds until the victim's model is loaded there."""
+
+    node: str
+    load_s: float
+
+
+@dataclass(frozen=True)
+class RunningInference:
+    """A candidate victim on the full node."""
+
+    instance: str
+    model: str
+    #: prompt tokens plus tokens generated so far (what the destination recomputes)
+    tokens: int
+    #: expected seconds until it finishes on its own
+    remaining_s: float
+    #: GPU memory its instance frees on the source
+    memory_mb: int
+    #: nodes with a free slot and memory for the victim's model (the full node excluded)
+    destinations: tuple[Destination, ...]
+    #: per-model resume cost; ``None``: the plan's default
+    cost: MigrationCost | None = None
+
+
+@dataclass(frozen=True)
+class MigrationPlan:
+    """Move ``instance`` to ``destination``; the waiting request could start after ``start_s``."""
+
+    instance: str
+    destination: str
+    #: seconds until the source slot frees (destination load + resume)
+    move_s: float
+    #: seconds until the waiting request could serve on the freed node
+    start_s: float
+
+
+def plan_migration(
+    *,
+    request_load_s: float,
+    request_memory_mb: int,
+    source_free_memory_mb: int,
+    baseline_s: float,
+    running: Sequence[RunningInference],
+    cost: MigrationCost,
+    min_gain_s: float = 0.0,
+) -> MigrationPlan | None:
+    """The best single move that lets the waiting request start sooner, or ``None``.
+
+    ``request_load_s``: the waiting request's load time on the full node once a slot
+    frees (queue + size / bandwidth there). ``source_free_memory_mb``: memory free there
+    now (besides the victim's). ``min_gain_s``: a plan must beat ``baseline_s`` by more
+    than this. Ties go to the earlier start, then the shorter move, then instance and
+    destination ids (deterministic).
+    """
+    if request_load_s < 0 or min_gain_s < 0:
+        raise ConfigError(f"request_load_s and min_gain_s must be >= 0, got {request_load_s}, {min_gain_s}")
+    best: tuple[float, float, str, str] | None = None
+    for victim in running:
+        if source_free_memory_mb + victim.memory_mb < request_memory_mb:
+            continue
+        resume = (victim.cost or cost).resume_s(victim.tokens)
+        for dest in victim.destinations:
+            move = max(0.0, dest.load_s) + resume
+            if move >= victim.remaining_s:
+                continue  # it ends on its own before the move completes: just wait for it
+            start = move + request_load_s
+            if start + min_gain_s >= baseline_s:
+                continue
+            key = (start, move, victim.instance, dest.node)
+            if best is None or key < best:
+                best = key
+    if best is None:
+        return None
+    start, move, instance, node = best
+    return MigrationPlan(instance=instance, destination=node, move_s=move, start_s=start)
