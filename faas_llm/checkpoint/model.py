@@ -85,8 +85,24 @@ def build_skeleton(config_dir: str | Path) -> nn.Module:
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
     kwargs: dict[str, Any] = {"dtype": dtype} if isinstance(dtype, torch.dtype) else {}
-    with parameters_on_meta():
+    with parameters_on_meta(), _no_weight_init():
         return AutoModelForCausalLM.from_config(config, **kwargs)
+
+
+def _no_weight_init() -> contextlib.AbstractContextManager[Any]:
+    """Skip transformers' weight initialisation (meta parameters would get nothing from it; the
+    buffers it also (re)computes, e.g. rotary ``inv_freq``, were already built by the constructors)."""
+    import importlib
+
+    for module in ("transformers.initialization", "transformers.modeling_utils"):  # v5, then v4
+        try:
+            factory = getattr(importlib.import_module(module), "no_init_weights", None)
+        except ImportError:
+            continue
+        if factory is not None:
+            context: contextlib.AbstractContextManager[Any] = factory()
+            return context
+    return contextlib.nullcontext()
 
 
 def assign_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], *, where: str = "checkpoint",

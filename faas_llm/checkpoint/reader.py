@@ -2,16 +2,18 @@
 
 :func:`plan_reads` (pure) cuts the partitions into chunks of whole checksum blocks;
 :func:`read_into` runs them on one or two reader threads, each thread reading a chunk
-straight into its place in the destination and verifying its checksums while the other
-thread's read is in flight. Any problem (truncation, checksum mismatch, I/O error) raises
-:class:`~faas_llm.errors.CheckpointError` after every thread has stopped, so a caller never
-gets a half-loaded region back as if it were good.
+straight into its place in the destination; a separate thread verifies each chunk's
+checksums as soon as it lands, so the disk always has the readers' requests in flight.
+Any problem (truncation, checksum mismatch, I/O error) raises
+:class:`~faas_llm.errors.CheckpointError` after every thread has stopped, so a caller
+never gets a half-loaded region back as if it were good.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,10 +122,28 @@ def read_into(
 
 def _run(source: CheckpointSource, index: CheckpointIndex, view: memoryview, tasks: list[ReadTask],
          threads: int, verify: bool) -> list[BaseException]:
+    """Reader threads keep ``threads`` reads in flight; checksums are computed on one more
+    thread, off the readers' path, so verification never leaves the disk idle."""
     pending = iter(tasks)
     lock = threading.Lock()
     failed = threading.Event()
     errors: list[BaseException] = []
+    verifier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-verify") if verify else None
+    checks: list[Future[None]] = []
+
+    def fail(exc: BaseException, file: str) -> None:
+        with lock:
+            errors.append(exc if isinstance(exc, CheckpointError | KeyboardInterrupt) else CheckpointError(
+                f"{source.description}/{file}: read failed: {exc}"))
+        failed.set()
+
+    def check(task: ReadTask) -> None:
+        if failed.is_set():
+            return
+        try:
+            verify_chunk(index, task, view[task.region_offset:task.region_offset + task.nbytes], source.description)
+        except BaseException as exc:
+            fail(exc, index.partitions[task.partition].file)
 
     def worker() -> None:
         while not failed.is_set():
@@ -135,23 +155,26 @@ def _run(source: CheckpointSource, index: CheckpointIndex, view: memoryview, tas
             chunk = view[task.region_offset:task.region_offset + task.nbytes]
             try:
                 source.read(part, task.offset, chunk)
-                if verify:
-                    verify_chunk(index, task, chunk, source.description)
             except BaseException as exc:
-                with lock:
-                    errors.append(exc if isinstance(exc, CheckpointError | KeyboardInterrupt) else CheckpointError(
-                        f"{source.description}/{part.file}: read failed: {exc}"))
-                failed.set()
+                fail(exc, part.file)
                 return
             finally:
                 chunk.release()
+            if verifier is not None:
+                future = verifier.submit(check, task)
+                with lock:
+                    checks.append(future)
 
-    if threads == 1:
-        worker()
-    else:
-        pool = [threading.Thread(target=worker, name=f"ckpt-reader-{i}", daemon=True) for i in range(threads)]
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
+    try:
+        if threads == 1:
+            worker()
+        else:
+            pool = [threading.Thread(target=worker, name=f"ckpt-reader-{i}", daemon=True) for i in range(threads)]
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join()
+    finally:
+        if verifier is not None:
+            verifier.shutdown(wait=True)
     return errors
