@@ -1,0 +1,267 @@
+"""Dispatch: warm containers pull the next invocation of their action and run it, at least once.
+
+Each warm container runs ``limits.concurrency`` worker threads; each blocks on ``XREADGROUP``
+of its action's queue (one consumer group for all invokers; this invoker's consumer name).
+For an entry:
+
+1. a record already stored (a redelivery of a finished activation): ack and drop it;
+2. take the activation's run claim (``keys.activation_claim``, ``SET NX`` with a lease); if
+   another live consumer holds it, leave the entry pending (the reclaimer revisits it);
+3. run it (``POST /run``; tokens of a streamed run go to the activation's token stream);
+4. store the record with :meth:`ActivationStore.complete` (exactly once: ``SET NX``), then
+   ``XACK`` + ``XDEL`` and drop the claim.
+
+While a run is in flight the heartbeat renews its lease (``XCLAIM ... JUSTID`` resets the
+entry's idle time; the claim key's TTL is extended), so only entries of dead consumers
+reach ``settings.claim_idle_ms`` idle and get reclaimed (:mod:`invoker.reclaim`).
+A runtime that dies mid-run yields an "action developer error" record and is replaced; a
+run past its deadline yields a timeout record.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from faas_llm.activations import ActivationStore
+from faas_llm.errors import ActivationStatus, DeveloperError
+from faas_llm.keys import Keys
+from faas_llm.settings import Settings
+from faas_llm.types import ActivationRecord, Invocation, Limits, LoadTier, now_ms
+from invoker import runtime_client, streams
+from invoker.cluster import ActionCache
+from invoker.container import Container
+from invoker.metrics import InvokerMetrics
+from invoker.pool import ContainerPool
+from invoker.records import RunFacts, build_record, failure_record, runtime_ttft, timeout_message
+
+log = logging.getLogger(__name__)
+BLOCK_MS = 500
+
+
+@dataclass(frozen=True)
+class InFlight:
+    queue: str
+    entry_id: str
+    activation_id: str
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, r: Any, keys: Keys, store: ActivationStore, pool: ContainerPool,
+                 actions: ActionCache, metrics: InvokerMetrics, consumer: str) -> None:
+        self.settings, self.r, self.keys, self.store = settings, r, keys, store
+        self.pool, self.actions, self.metrics, self.consumer = pool, actions, metrics, consumer
+        self.group = keys.consumer_group()
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.in_flight: dict[str, InFlight] = {}
+        self.run_seconds: dict[tuple[str, str], float] = {}  # EWMA of run durations per action
+        self.threads: list[threading.Thread] = []
+
+    # --- workers ------------------------------------------------------------------------
+    def start_workers(self, container: Container) -> None:
+        assert container.action is not None
+        queue = self.keys.action_queue(container.action.namespace, container.action.name)
+        streams.ensure_group(self.r, queue, self.group)
+        for slot in range(container.concurrency):
+            thread = threading.Thread(target=self._work, args=(container, queue), daemon=True,
+                                      name=f"run-{container.id}-{slot}")
+            thread.start()
+            self.threads.append(thread)
+
+    def _work(self, container: Container, queue: str) -> None:
+        while not self.stopping.is_set() and container.state is not container.state.REMOVING:
+            try:
+                resp = self.r.xreadgroup(self.group, self.consumer, {queue: ">"}, count=1, block=BLOCK_MS)
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    streams.ensure_group(self.r, queue, self.group)
+                    continue
+                raise
+            except redis.ConnectionError:
+                if self.stopping.is_set():
+                    return
+                log.warning("redis connection lost; retrying")
+                self.stopping.wait(0.5)
+                continue
+            for _stream, entries in resp or []:
+                for entry_id, fields in entries:
+                    self._take(container, queue, str(entry_id), fields)
+
+    def _take(self, container: Container, queue: str, entry_id: str, fields: Mapping[Any, Any]) -> None:
+        if self.stopping.is_set() or not container.acquire():
+            # removed (keep-alive) or shutting down between the read and now: hand the entry back
+            streams.requeue(self.r, queue, self.group, entry_id, fields, streams.attempt_of(fields))
+            return
+        try:
+            self.handle(container, queue, entry_id, fields)
+        except Exception:
+            log.exception("handling %s of %s failed; the entry stays pending for the reclaimer", entry_id, queue)
+        finally:
+            container.release()
+
+    # --- one entry ------------------------------------------------------------------------
+    def handle(self, container: Container, queue: str, entry_id: str, fields: Mapping[Any, Any]) -> None:
+        try:
+            inv = ActivationStore.decode_message(fields)
+        except ValueError as exc:
+            log.error("dropping a malformed entry %s of %s: %s", entry_id, queue, exc)
+            streams.ack_delete(self.r, queue, self.group, entry_id)
+            return
+        aid = inv.activation_id
+        if self.store.get(aid) is not None:
+            streams.ack_delete(self.r, queue, self.group, entry_id)
+            return
+        claim = self.keys.activation_claim(aid)
+        if not self.r.set(claim, self.consumer, nx=True, px=self.settings.claim_idle_ms):
+            owner = self.r.get(claim)
+            if owner != self.consumer:
+                log.info("activation %s is claimed by %s; leaving entry %s pending", aid, owner, entry_id)
+                return
+        with self._lock:
+            self.in_flight[entry_id] = InFlight(queue, entry_id, aid)
+        try:
+            record = self.execute(container, inv, streams.attempt_of(fields))
+            stored = self.store.complete(record)
+            if not stored:
+                log.info("activation %s already had a record; this run's result is dropped", aid)
+            streams.ack_delete(self.r, queue, self.group, entry_id)
+            if self.r.get(claim) == self.consumer:
+                self.r.delete(claim)
+        finally:
+            with self._lock:
+                self.in_flight.pop(entry_id, None)
+
+    def execute(self, container: Container, inv: Invocation, attempt: int = 1) -> ActivationRecord:
+        action = self.actions.get(inv.namespace, inv.action)
+        limits = action.limits if action else Limits()
+        node = self.settings.node_id
+        assert container.handle is not None
+        if now_ms() >= inv.deadline_ms:
+            return failure_record(inv, ActivationStatus.DEVELOPER_ERROR, timeout_message(limits), node, now_ms(),
+                                  timed_out=True, limits=limits)
+        cold = container.take_cold()
+        collect_logs = container.concurrency == 1
+        if collect_logs:
+            container.handle.logs.clear()
+        value = dict(inv.params)
+        if inv.stream:
+            value["stream"] = True
+            if attempt > 1:  # a re-run after a lost invoker: readers start over
+                self.store.append_tokens(inv.activation_id, {"restart": True, "text": "", "token_ids": []})
+        body = {
+            "value": value, "namespace": inv.namespace, "action_name": inv.action,
+            "action_version": inv.action_version, "activation_id": inv.activation_id,
+            "transaction_id": inv.transaction_id, "deadline": str(inv.deadline_ms),
+        }
+        def sink(chunk: dict[str, Any]) -> None:
+            self.store.append_tokens(inv.activation_id, chunk)
+
+        start_ms = now_ms()
+        broken = False
+        timed_out = False
+        outcome: runtime_client.RunOutcome
+        try:
+            outcome = runtime_client.run(container.handle.url, body, inv.deadline_ms,
+                                         sink if inv.stream else None)
+        except runtime_client.RunTimedOut:
+            timed_out, broken = True, True
+            outcome = runtime_client.RunOutcome(ActivationStatus.DEVELOPER_ERROR, {"error": timeout_message(limits)})
+        except runtime_client.RuntimeGone as exc:
+            broken = True
+            log.warning("container %s died running %s: %s", container.id, inv.activation_id, exc)
+            outcome = runtime_client.RunOutcome(ActivationStatus.DEVELOPER_ERROR,
+                                                {"error": DeveloperError.default_message})
+        end_ms = now_ms()
+        if not timed_out and outcome.status is ActivationStatus.DEVELOPER_ERROR and end_ms >= inv.deadline_ms:
+            timed_out = True
+            outcome.result = {"error": timeout_message(limits)}
+        alive = not broken and self.pool.factory.alive(container.handle)
+        logs = container.handle.logs.collect(timeout_s=1.0 if alive else 0.2) if collect_logs else []
+        if inv.stream:
+            self._finish_stream(inv, outcome)
+        wait_s = max(0, start_ms - inv.enqueued_ms) / 1000
+        if outcome.first_token_s is not None:
+            ttft: float | None = wait_s + outcome.first_token_s
+        else:
+            own = runtime_ttft(outcome.result)
+            ttft = wait_s + own if own is not None else None
+        facts = RunFacts(
+            start_ms=start_ms, end_ms=end_ms, status=outcome.status, result=outcome.result, node=node, logs=logs,
+            cold_start=cold is not None, load_tier=cold.load_tier if cold else LoadTier.WARM,
+            load_s=cold.load_s if cold else 0.0, init_ms=cold.init_ms if cold else None, ttft_s=ttft,
+            timed_out=timed_out,
+        )
+        self._observe(inv, facts)
+        if broken or not alive:
+            self.pool.replace(container)
+        return build_record(inv, facts, limits)
+
+    def _finish_stream(self, inv: Invocation, outcome: runtime_client.RunOutcome) -> None:
+        done: dict[str, Any] = {"done": True}
+        result = outcome.result if isinstance(outcome.result, dict) else {}
+        if outcome.status is ActivationStatus.SUCCESS:
+            done.update(finish_reason=result.get("finish_reason"), usage=result.get("usage"))
+        else:
+            done.update(finish_reason="error", error=result.get("error"))
+        self.store.append_tokens(inv.activation_id, done)
+
+    def _observe(self, inv: Invocation, facts: RunFacts) -> None:
+        seconds = (facts.end_ms - facts.start_ms) / 1000
+        key = (inv.namespace, inv.action)
+        with self._lock:
+            old = self.run_seconds.get(key)
+            self.run_seconds[key] = seconds if old is None else 0.7 * old + 0.3 * seconds
+        self.metrics.run_seconds.observe(seconds)
+        self.metrics.activations.labels(
+            start="cold" if facts.cold_start else "warm", tier=(facts.load_tier or LoadTier.WARM).value,
+            status=facts.status.label,
+        ).inc()
+
+    # --- leases -------------------------------------------------------------------------
+    def renew_leases(self) -> None:
+        """Reset the idle time of our in-flight entries and extend their run claims."""
+        with self._lock:
+            flights = list(self.in_flight.values())
+        if not flights:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for f in flights:
+            pipe.xclaim(f.queue, self.group, self.consumer, 0, [f.entry_id], justid=True)
+            pipe.pexpire(self.keys.activation_claim(f.activation_id), self.settings.claim_idle_ms)
+        pipe.execute(raise_on_error=False)
+
+    # --- failing what cannot run ---------------------------------------------------------
+    def fail_backlog(self, namespace: str, action: str, status: ActivationStatus, message: str, limit: int) -> int:
+        """Take up to ``limit`` undelivered invocations of an action and complete each with an error."""
+        queue = self.keys.action_queue(namespace, action)
+        streams.ensure_group(self.r, queue, self.group)
+        resp = self.r.xreadgroup(self.group, self.consumer, {queue: ">"}, count=max(1, limit))
+        failed = 0
+        for _stream, entries in resp or []:
+            for entry_id, fields in entries:
+                try:
+                    inv = ActivationStore.decode_message(fields)
+                except ValueError:
+                    streams.ack_delete(self.r, queue, self.group, entry_id)
+                    continue
+                if self.store.complete(failure_record(inv, status, message, self.settings.node_id, now_ms())):
+                    failed += 1
+                streams.ack_delete(self.r, queue, self.group, entry_id)
+        return failed
+
+    def expected_run_s(self, namespace: str, action: str, default: float = 2.0) -> float:
+        with self._lock:
+            return self.run_seconds.get((namespace, action), default)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.stopping.set()
+        deadline = time.monotonic() + timeout_s
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,149 @@
+"""The invoker's side of the action protocol: ``POST /init`` and ``POST /run`` (JSON or NDJSON stream).
+
+Outcomes are plain data; a runtime that cannot be reached or dies mid-run raises
+:class:`RuntimeGone`, one that outlives the deadline :class:`RunTimedOut`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from faas_llm.errors import ActivationStatus, InitError
+from faas_llm.types import LoadTier
+
+#: Extra seconds past the deadline before the invoker gives up on a runtime's reply.
+DEADLINE_GRACE_S = 5.0
+
+
+class RuntimeGone(Exception):
+    """The runtime closed the connection or cannot be reached (it crashed or was killed)."""
+
+
+class RunTimedOut(Exception):
+    """The runtime did not answer before the activation's deadline."""
+
+
+@dataclass(frozen=True)
+class InitInfo:
+    load_tier: LoadTier
+    load_s: float
+    init_s: float
+    model: str | None = None
+
+
+@dataclass
+class RunOutcome:
+    status: ActivationStatus
+    result: Any
+    #: seconds from the request to the first streamed token (streams only)
+    first_token_s: float | None = None
+    streamed_tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def init(url: str, value: dict[str, Any], timeout_s: float) -> InitInfo:
+    """``POST /init``; a non-200 answer raises :class:`InitError` with the runtime's message."""
+    try:
+        resp = requests.post(f"{url}/init", json={"value": value}, timeout=timeout_s)
+    except requests.RequestException as exc:
+        raise RuntimeGone(f"/init failed: {exc}") from None
+    body = _json_or_none(resp)
+    if resp.status_code != 200:
+        message = body.get("error") if isinstance(body, dict) else resp.text[:500]
+        raise InitError(f"The action failed to initialize: {message}")
+    body = body if isinstance(body, dict) else {}
+    tier = body.get("load_tier")
+    return InitInfo(
+        load_tier=LoadTier(tier) if tier in {t.value for t in LoadTier} else LoadTier.REGISTRY,
+        load_s=float(body.get("load_s") or 0.0), init_s=float(body.get("init_s") or 0.0), model=body.get("model"),
+    )
+
+
+def _json_or_none(resp: requests.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return None
+
+
+def classify(http_status: int, body: Any) -> tuple[ActivationStatus, Any]:
+    """OpenWhisk's rules: 200 + object = success, unless it has ``error`` (application error);
+    any other status or a non-JSON body is a developer error (or what the body's
+    ``activation_status`` says)."""
+    if not isinstance(body, dict | list):
+        return ActivationStatus.DEVELOPER_ERROR, {
+            "error": "The action did not produce a valid JSON response."}
+    if isinstance(body, dict) and "error" in body:
+        declared = body.get("activation_status")
+        if declared in (1, 2, 3):
+            status = ActivationStatus(declared)
+        else:
+            status = ActivationStatus.APPLICATION_ERROR if http_status == 200 else ActivationStatus.DEVELOPER_ERROR
+        return status, {"error": body["error"]}
+    if http_status != 200:
+        return ActivationStatus.DEVELOPER_ERROR, {"error": "The action did not produce a valid response."}
+    return ActivationStatus.SUCCESS, body
+
+
+TokenSink = Callable[[dict[str, Any]], None]
+
+
+def run(url: str, body: dict[str, Any], deadline_ms: int, on_chunk: TokenSink | None = None) -> RunOutcome:
+    """``POST /run``; NDJSON streams go chunk by chunk to ``on_chunk`` (``{"text", "token_ids"}``)."""
+    timeout = max(0.5, deadline_ms / 1000 - time.time() + DEADLINE_GRACE_S)
+    started = time.monotonic()
+    try:
+        resp = requests.post(f"{url}/run", json=body, timeout=(5, timeout), stream=True)
+    except requests.Timeout:
+        raise RunTimedOut() from None
+    except requests.RequestException as exc:
+        raise RuntimeGone(str(exc)) from None
+    try:
+        if resp.headers.get("Content-Type", "").startswith("application/x-ndjson"):
+            return _read_stream(resp, started, on_chunk)
+        try:
+            content = resp.content
+        except requests.exceptions.ConnectionError as exc:
+            raise RuntimeGone(str(exc)) from None
+        try:
+            parsed = json.loads(content)
+        except ValueError:
+            parsed = None
+        status, result = classify(resp.status_code, parsed)
+        return RunOutcome(status, result)
+    except requests.Timeout:
+        raise RunTimedOut() from None
+    except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as exc:
+        raise RuntimeGone(str(exc)) from None
+    finally:
+        resp.close()
+
+
+def _read_stream(resp: requests.Response, started: float, on_chunk: TokenSink | None) -> RunOutcome:
+    first: float | None = None
+    tokens = 0
+    for line in resp.iter_lines():
+        if not line:
+            continue
+        event = json.loads(line)
+        kind = event.get("type")
+        if kind in ("token", "text"):
+            if kind == "token":
+                tokens += 1
+                if first is None:
+                    first = time.monotonic() - started
+            if on_chunk is not None:
+                ids = [event["token_id"]] if event.get("token_id") is not None else []
+                on_chunk({"text": event.get("text", ""), "token_ids": ids})
+        elif kind == "result":
+            return RunOutcome(ActivationStatus.SUCCESS, event.get("result"), first, tokens)
+        elif kind == "error":
+            status, result = classify(500, event.get("error"))
+            return RunOutcome(status, result, first, tokens)
+    raise RuntimeGone("the runtime's stream ended without a result")

@@ -1,0 +1,155 @@
+"""Cluster scheduling: when an action has backlog beyond its instances, place new ones.
+
+Every invoker runs a tick; per action queue one of them wins a short lock
+(``keys.placement_lock``) and decides for that action:
+
+1. the autoscaler (:mod:`faas_llm.autoscale`) says how many instances to add, from the backlog,
+   the runs in flight, the instances in the node reports and the start requests not yet
+   visible as containers (``keys.action_starts``), within ``min_instances`` / ``max_instances``;
+2. for each, the placement policy (``settings.placement_policy``, :mod:`faas_llm.placement`)
+   picks a node from the node reports and cache inventories. A "wait for a warm instance"
+   decision books one expected run on that instance and starts nothing; otherwise a start
+   request goes to the node's stream (``keys.node_starts``), which its invoker turns into a
+   container (:meth:`invoker.pool.ContainerPool.place`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from faas_llm.autoscale import instances_to_start
+from faas_llm.errors import ActivationStatus
+from faas_llm.keys import Keys
+from faas_llm.placement import NodeView, PlacementPolicy, PlacementRequest, views_from_reports
+from faas_llm.settings import Settings
+from faas_llm.types import Action, ContainerState, NodeReport, now_ms
+from invoker import streams
+from invoker.cluster import ActionCache, ModelSizes, read_inventories, read_reports
+
+log = logging.getLogger(__name__)
+START_REQUEST_FIELD = "request"
+#: a start request the node has not taken within this long (a dead node) no longer counts
+START_REQUEST_TTL_S = 10.0
+
+
+def book_warm(views: list[NodeView], node: str, run_s: float) -> list[NodeView]:
+    """After deciding to wait for a warm instance on ``node``, that instance is busy one run longer."""
+    out = []
+    for v in views:
+        if v.node == node:
+            times = sorted(v.warm_busy_free_s)
+            if v.warm_idle > 0:
+                v = dataclasses.replace(v, warm_idle=v.warm_idle - 1, warm_busy_free_s=(*times, run_s))
+            elif times:
+                v = dataclasses.replace(v, warm_busy_free_s=(times[0] + run_s, *times[1:]))
+        out.append(v)
+    return out
+
+
+def book_start(views: list[NodeView], node: str, size_bytes: int) -> list[NodeView]:
+    """After a start request to ``node``, it has one slot less and one more load queued."""
+    return [dataclasses.replace(v, free_slots=v.free_slots - 1, queue_bytes=v.queue_bytes + size_bytes)
+            if v.node == node else v for v in views]
+
+
+def instances_of(reports: list[NodeReport], namespace: str, action: str) -> tuple[int, int]:
+    """(live instances, runs in flight) of an action across the cluster."""
+    instances = in_flight = 0
+    for report in reports:
+        for c in report.containers:
+            if c.namespace == namespace and c.action == action and c.state is not ContainerState.REMOVING:
+                instances += 1
+                in_flight += c.active
+    return instances, in_flight
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, r: Any, keys: Keys, actions: ActionCache, policy: PlacementPolicy,
+                 consumer: str, expected_run_s: Callable[[str, str], float],
+                 fail_backlog: Callable[[str, str, ActivationStatus, str, int], int]) -> None:
+        self.settings, self.r, self.keys, self.actions = settings, r, keys, actions
+        self.policy, self.consumer = policy, consumer
+        self.expected_run_s = expected_run_s
+        self.fail_backlog = fail_backlog
+        self.sizes = ModelSizes(settings)
+        self.group = keys.consumer_group()
+
+    def tick(self) -> dict[str, int]:
+        """One scheduling pass over every action queue; returns start requests sent per action."""
+        queues = sorted(self.r.smembers(self.keys.queues_index()))
+        if not queues:
+            return {}
+        reports = read_reports(self.r, self.keys)
+        inventories = read_inventories(self.r, self.keys, [rep.node for rep in reports])
+        sent: dict[str, int] = {}
+        lock_ms = max(200, int(self.settings.heartbeat_interval_s * 1500))
+        for queue in queues:
+            target = streams.queue_action(self.keys, queue)
+            if target is None:
+                continue
+            ns, name = target
+            if not self.r.set(self.keys.placement_lock(ns, name), self.consumer, nx=True, px=lock_ms):
+                continue
+            n = self._schedule(queue, ns, name, reports, inventories)
+            if n:
+                sent[f"{ns}/{name}"] = n
+        return sent
+
+    def _schedule(self, queue: str, ns: str, name: str, reports: list[NodeReport], inventories: Any) -> int:
+        backlog = streams.backlog(self.r, queue, self.group)
+        action = self.actions.get(ns, name)
+        if action is None:
+            if backlog:
+                failed = self.fail_backlog(ns, name, ActivationStatus.DEVELOPER_ERROR,
+                                           "The requested resource does not exist.", backlog)
+                log.warning("failed %d invocations of %s/%s: the action does not exist", failed, ns, name)
+            return 0
+        starts_key = self.keys.action_starts(ns, name)
+        now = now_ms()
+        self.r.zremrangebyscore(starts_key, "-inf", now)
+        pending_starts = int(self.r.zcard(starts_key))
+        instances, in_flight = instances_of(reports, ns, name)
+        wanted = instances_to_start(action.scaling, instances + pending_starts, in_flight, backlog)
+        if wanted <= 0:
+            return 0
+        return self._place(action, wanted, reports, inventories)
+
+    def _place(self, action: Action, wanted: int, reports: list[NodeReport], inventories: Any) -> int:
+        ns, name = action.namespace, action.name
+        request = PlacementRequest(ns, name, action.exec.model, self.sizes.size(action.exec.model),
+                                   action.limits.memory)
+        run_s = self.expected_run_s(ns, name)
+        views = views_from_reports(request, reports, inventories, expected_run_s=run_s)
+        # the autoscaler counted idle instances already: they will be busy with the demand it saw
+        views = [dataclasses.replace(v, warm_idle=0, warm_busy_free_s=(*v.warm_busy_free_s, *([run_s] * v.warm_idle)))
+                 for v in views]
+        sent = 0
+        for _ in range(wanted):
+            decision = self.policy.choose(request, views)
+            if decision is None:
+                log.info("no node can start %s/%s now", ns, name)
+                break
+            if decision.waits_for_warm:
+                views = book_warm(views, decision.node, run_s)
+                continue
+            self.send_start(decision.node, action)
+            log.info("placing %s/%s on %s (%s, est. %.2fs)", ns, name, decision.node, decision.tier.value,
+                     decision.startup_s)
+            views = book_start(views, decision.node, request.size_bytes)
+            sent += 1
+        return sent
+
+    def send_start(self, node: str, action: Action) -> str:
+        request_id = secrets.token_hex(8)
+        expires = now_ms() + int(max(START_REQUEST_TTL_S, 5 * self.settings.heartbeat_interval_s) * 1000)
+        payload = json.dumps({"id": request_id, "namespace": action.namespace, "action": action.name})
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zadd(self.keys.action_starts(action.namespace, action.name), {request_id: expires})
+        pipe.xadd(self.keys.node_starts(node), {START_REQUEST_FIELD: payload}, maxlen=1000, approximate=True)
+        pipe.execute()
+        return request_id

@@ -1,0 +1,204 @@
+"""The invoker of one node: wires the pool, dispatch, reclaimer, scheduler, heartbeat and metrics.
+
+Threads: the pool's executor (starting / initialising / removing runtimes), one worker per
+run slot of each warm container (:mod:`invoker.dispatch`), the start-request listener (start
+requests the placement sent to this node) and the maintenance loop, every
+``settings.heartbeat_interval_s``: renew run leases, publish the node report, remove idle
+containers past their keep-alive (keeping ``min_instances`` cluster-wide), top up prewarmed
+runtimes, reclaim invocations of dead consumers, schedule backlogged actions, update metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from typing import Any
+
+import redis
+
+from faas_llm.activations import ActivationStore
+from faas_llm.autoscale import IdleInstance, scale_in
+from faas_llm.errors import ActivationStatus, FaasLLMError
+from faas_llm.keys import Keys
+from faas_llm.placement import make_policy
+from faas_llm.settings import Settings
+from faas_llm.types import Action, ContainerState, NodeReport, now_ms
+from invoker import reclaim, streams
+from invoker.cluster import ActionCache, publish_report, read_reports, withdraw_report
+from invoker.container import Container
+from invoker.dispatch import Dispatcher
+from invoker.factory import ContainerFactory, make_factory
+from invoker.metrics import InvokerMetrics
+from invoker.pool import ContainerPool
+from invoker.scheduler import START_REQUEST_FIELD, Scheduler, instances_of
+
+log = logging.getLogger(__name__)
+
+
+class Invoker:
+    def __init__(self, settings: Settings, factory: ContainerFactory | None = None) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.r: Any = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+        self.store = ActivationStore(self.r, self.keys, settings.activation_retention_s)
+        self.consumer = f"{settings.node_id}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.metrics = InvokerMetrics(settings.node_id)
+        self.actions = ActionCache(self.r, self.keys)
+        self.factory = factory or make_factory(settings)
+        self.pool = ContainerPool(settings, self.factory, self.metrics, self._on_ready, self._on_init_failed)
+        self.dispatcher = Dispatcher(settings, self.r, self.keys, self.store, self.pool, self.actions, self.metrics,
+                                     self.consumer)
+        self.scheduler = Scheduler(settings, self.r, self.keys, self.actions, make_policy(settings.placement_policy),
+                                   self.consumer, self.dispatcher.expected_run_s, self.dispatcher.fail_backlog)
+        self.stopping = threading.Event()
+        self.draining = False
+        self._threads: list[threading.Thread] = []
+        self._starts_after = "0-0"
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def start(self) -> Invoker:
+        if self.settings.invoker_metrics_port:
+            self.metrics.serve(self.settings.invoker_metrics_port, self.settings.runtime_host)
+        last = self.r.xrevrange(self.keys.node_starts(self.settings.node_id), count=1)
+        self._starts_after = last[0][0] if last else "0-0"
+        self.publish()
+        self.pool.ensure_prewarm()
+        for target, name in ((self._maintain, "maintain"), (self._listen_starts, "starts")):
+            thread = threading.Thread(target=target, name=f"invoker-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("invoker %s up (consumer %s, policy %s, factory %s)", self.settings.node_id, self.consumer,
+                 self.settings.placement_policy, self.factory.name)
+        return self
+
+    def stop(self) -> None:
+        """Stop pulling, let runs in flight finish (up to the drain period), remove every container."""
+        if self.stopping.is_set():
+            return
+        self.draining = True
+        self.stopping.set()
+        self.dispatcher.stop(timeout_s=self.settings.runtime_drain_s)
+        for thread in self._threads:
+            thread.join(5)
+        self.pool.close()
+        try:
+            withdraw_report(self.r, self.keys, self.settings.node_id)
+        except redis.RedisError:
+            pass
+        self.factory.close()
+        self.r.close()
+
+    def wait(self) -> None:
+        while not self.stopping.wait(1.0):
+            pass
+
+    # --- callbacks from the pool -----------------------------------------------------------
+    def _on_ready(self, container: Container) -> None:
+        self.dispatcher.start_workers(container)
+        self.publish()
+
+    def _on_init_failed(self, action: Action, error: FaasLLMError) -> None:
+        """No instance of the action can start: fail what waits for it, clearly, instead of retrying forever."""
+        queue = self.keys.action_queue(action.namespace, action.name)
+        waiting = streams.backlog(self.r, queue, self.keys.consumer_group())
+        if waiting:
+            failed = self.dispatcher.fail_backlog(action.namespace, action.name, ActivationStatus.DEVELOPER_ERROR,
+                                                  error.message, waiting)
+            log.warning("init of %s/%s failed; failed %d waiting invocations", action.namespace, action.name, failed)
+        self.publish()
+
+    # --- node report ------------------------------------------------------------------------
+    def report(self) -> NodeReport:
+        return NodeReport(
+            node=self.settings.node_id, ts=now_ms(), containers=self.pool.snapshot(),
+            max_containers=self.settings.max_containers, memory_mb=self.settings.node_memory_mb,
+            free_memory_mb=self.pool.free_memory_mb(), draining=self.draining,
+        )
+
+    def publish(self) -> None:
+        publish_report(self.r, self.keys, self.report(), self.settings.node_ttl_s)
+
+    # --- start requests ---------------------------------------------------------------------
+    def _listen_starts(self) -> None:
+        key = self.keys.node_starts(self.settings.node_id)
+        last = self._starts_after
+        while not self.stopping.is_set():
+            try:
+                resp = self.r.xread({key: last}, count=16, block=500)
+            except redis.ConnectionError:
+                self.stopping.wait(0.5)
+                continue
+            for _stream, entries in resp or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    self._handle_start(fields)
+
+    def _handle_start(self, fields: dict[str, str]) -> None:
+        try:
+            req = json.loads(fields[START_REQUEST_FIELD])
+            ns, name, rid = str(req["namespace"]), str(req["action"]), str(req["id"])
+        except (KeyError, ValueError, TypeError):
+            log.error("ignoring a malformed start request %r", fields)
+            return
+        action = self.actions.get(ns, name)
+        try:
+            if action is not None and not self.draining:
+                self.pool.place(action)
+                self.publish()
+        finally:
+            self.r.zrem(self.keys.action_starts(ns, name), rid)
+
+    # --- maintenance ------------------------------------------------------------------------
+    def _maintain(self) -> None:
+        while not self.stopping.wait(self.settings.heartbeat_interval_s):
+            try:
+                self.maintain_once()
+            except redis.ConnectionError as exc:
+                log.warning("maintenance: redis unavailable: %s", exc)
+            except Exception:
+                log.exception("maintenance pass failed")
+
+    def maintain_once(self) -> None:
+        self.dispatcher.renew_leases()
+        self.publish()
+        reports = read_reports(self.r, self.keys)
+        self.expire_idle(reports)
+        self.pool.ensure_prewarm()
+        reclaim.sweep(self.settings, self.r, self.keys, self.store, self.actions, self.metrics, self.consumer)
+        self.scheduler.tick()
+        self._gauges()
+
+    def expire_idle(self, reports: list[NodeReport]) -> list[str]:
+        """Remove idle containers past their action's keep-alive, keeping ``min_instances`` in the cluster."""
+        now = time.monotonic()
+        by_action: dict[tuple[str, str], list[Container]] = {}
+        for c in self.pool._live():
+            if c.state is ContainerState.IDLE and c.action is not None:
+                by_action.setdefault((c.action.namespace, c.action.name), []).append(c)
+        removed: list[str] = []
+        for (ns, name), idle in by_action.items():
+            action = self.actions.get(ns, name) or idle[0].action
+            assert action is not None
+            instances, _ = instances_of(reports, ns, name)
+            instances = max(instances, len(self.pool.of_action(ns, name)))
+            for cid in scale_in(action.scaling, [IdleInstance(c.id, c.last_used) for c in idle], instances, now):
+                if self.pool.remove(cid, graceful=True, only_if_idle=True):
+                    removed.append(cid)
+        if removed:
+            log.info("keep-alive: removed %s", ", ".join(removed))
+            self.publish()
+        return removed
+
+    def _gauges(self) -> None:
+        counts = dict.fromkeys(ContainerState, 0)
+        for info in self.pool.snapshot():
+            counts[info.state] += 1
+        for state, n in counts.items():
+            self.metrics.containers.labels(state=state.value).set(n)
+        for queue in self.r.smembers(self.keys.queues_index()):
+            self.metrics.queue_depth.labels(queue=queue).set(streams.backlog(self.r, queue,
+                                                                             self.keys.consumer_group()))
