@@ -14,6 +14,22 @@ from gateway.errors import payload_too_large
 from gateway.http_auth import current_identity, resolve_namespace
 
 ACTIVATION_HEADER = "x-openwhisk-activation-id"
+#: after refusing a body as too large, read and drop up to this much of it so the 413 reaches a
+#: client that sends its whole body before reading (closing on unread data resets the connection)
+DRAIN_MAX_BYTES = 16 * 1024 * 1024
+
+
+def discard_body(content_length: int) -> None:
+    """Read and drop a refused body (bounded by its length and DRAIN_MAX_BYTES; nothing is kept)."""
+    if content_length > DRAIN_MAX_BYTES:
+        return
+    stream = request.environ.get("wsgi.input")
+    remaining = content_length
+    while stream is not None and remaining > 0:
+        chunk = stream.read(min(remaining, 65536))
+        if not chunk:
+            break
+        remaining -= len(chunk)
 
 
 def json_body(*, default: Any = None) -> Any:
@@ -24,6 +40,7 @@ def json_body(*, default: Any = None) -> Any:
     """
     limit = gateway().settings.max_payload_bytes
     if request.content_length is not None and request.content_length > limit:
+        discard_body(request.content_length)
         raise payload_too_large(request.content_length, limit)
     data = request.get_data(cache=True)  # the stream stops at MAX_CONTENT_LENGTH = limit + 1
     if len(data) > limit:

@@ -35,7 +35,7 @@ def wait_healthy(base: str, proc: subprocess.Popen[bytes] | None = None, timeout
         try:
             if requests.get(f"{base}/health", timeout=2).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:
             pass
         time.sleep(0.1)
     raise RuntimeError(f"gateway at {base} not healthy after {timeout} s")
