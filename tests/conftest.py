@@ -102,8 +102,8 @@ def _docker_engine_available() -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip `gpu` tests without CUDA and `docker` tests without a Docker engine, saying why."""
-    needs_gpu = any("gpu" in item.keywords for item in items)
-    needs_docker = any("docker" in item.keywords for item in items)
+    needs_gpu = any(item.get_closest_marker("gpu") for item in items)
+    needs_docker = any(item.get_closest_marker("docker") for item in items)
     has_gpu = False
     if needs_gpu:
         import torch
@@ -111,7 +111,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         has_gpu = torch.cuda.is_available()
     has_docker = _docker_engine_available() if needs_docker else False
     for item in items:
-        if "gpu" in item.keywords and not has_gpu:
+        # markers, not keywords: a keyword also matches a directory name (tests/docker/)
+        if item.get_closest_marker("gpu") and not has_gpu:
             item.add_marker(pytest.mark.skip(reason="no CUDA device here (run on a lent GPU machine)"))
-        if "docker" in item.keywords and not has_docker:
+        if item.get_closest_marker("docker") and not has_docker:
             item.add_marker(pytest.mark.skip(reason="no Docker engine here"))
