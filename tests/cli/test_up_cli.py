@@ -46,7 +46,7 @@ def test_up_writes_properties_and_prints_how_to_try_it(up_cluster: UpCluster) ->
     banner = up_cluster.log.read_text()
     assert f"faas-llm is up: {up_cluster.apihost}" in banner
     assert "faas-llm action invoke" in banner
-    assert "gateway" in up_cluster.state["children"]  # type: ignore[operator]
+    assert "gateway" in up_cluster.state["children"]
 
 
 def test_action_lifecycle(up_cluster: UpCluster) -> None:
@@ -71,7 +71,7 @@ def test_action_lifecycle(up_cluster: UpCluster) -> None:
     assert updated["exec"]["model"] == "tiny-llama"
 
     listed = cli.ok("action", "list", "--json").json()
-    assert [a["name"] for a in listed] == ["hello"]  # type: ignore[index,union-attr]
+    assert [a["name"] for a in listed] == ["hello"]
     table = cli.ok("action", "list").out
     assert "/guest/hello" in table and "tiny-llama" in table
     assert "instances 1..2" in cli.ok("action", "get", "hello", "--summary").out
@@ -132,7 +132,7 @@ def test_second_up_on_a_busy_port_fails_clearly(up_cluster: UpCluster, tmp_path:
 def test_ctrl_c_stops_everything(up_cluster: UpCluster) -> None:
     """Last in this module: Ctrl-C, then no process of the cluster is left and the port is free."""
     everyone = up_cluster.descendants()
-    recorded = {int(pid) for pid, _ in up_cluster.state["children"].values()}  # type: ignore[attr-defined]
+    recorded = {int(pid) for pid, _ in up_cluster.state["children"].values()}
     assert recorded <= {p.pid for p in everyone}
     assert up_cluster.ctrl_c() == 0
     _, alive = psutil.wait_procs(everyone, timeout=10)
