@@ -32,7 +32,7 @@ def container_spec(
     data_dir = str(settings.data_dir)
     return {
         "image": settings.runtime_image,
-        "name": f"faas-llm-{settings.node_id}-{container_id}",
+        "name": f"faas-llm-{container_id}",
         "detach": True,
         "environment": env,
         "ports": {f"{INSIDE_PORT}/tcp": (settings.runtime_host, host_port)},
