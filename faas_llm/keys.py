@@ -17,6 +17,7 @@ Layout (``P`` = prefix)::
     P:act:{id}:done                    list  one element pushed when the record is stored (BLPOP)
     P:act:{id}:tokens                  stream  streamed tokens of an activation
     P:act:{id}:claim                   str   idempotency: which consumer runs it
+    P:act:{id}:running                 str   where the activation runs now (node, container URL; migration)
     P:ns:{ns}:activations              zset  activation ids (score: start ms)
     P:ns:{ns}:rate:{minute}            str   invocations counted in one minute
     P:ns:{ns}:inflight                 zset  in-flight activation ids (score: deadline ms)
@@ -27,12 +28,17 @@ Layout (``P`` = prefix)::
     P:node:{id}:cache                  str   cache-agent inventory JSON (TTL)
     P:node:{id}:containers             hash  container id -> container JSON
     P:node:{id}:starts                 stream  start requests for the node's invoker (placement)
+    P:node:{id}:running                zset  activation ids running on the node (score: deadline ms)
     P:starts:{ns}:{action}             zset  start requests in flight (score: expiry ms)
     P:lock:place:{ns}:{action}         str   who is placing the action's instances now (TTL)
     P:model:{name}:status              hash  prefetch/status of a model per node
-    P:models:popularity                zset  model -> recent invocation count
+    P:models:popularity                zset  model -> invocation count (all time)
+    P:models:popularity:{minute}       zset  model -> invocations in one minute (TTL: prefetch policy window)
+    P:models:kept                      str   the prefetch policy's last plan JSON (TTL)
     P:migration:{id}                   hash  live-migration state of an activation
     P:events                           channel cluster events (pub/sub)
+    P:celery:dead                      hash  node -> ms its report was first seen absent (rescuer)
+    P:lock:celery:{name}               str   which Celery worker runs a periodic job now (TTL)
 """
 
 from __future__ import annotations
@@ -85,6 +91,10 @@ class Keys:
     def activation_claim(self, activation_id: str) -> str:
         return self._k("act", activation_id, "claim")
 
+    def activation_running(self, activation_id: str) -> str:
+        """Where an activation runs now (node, container URL): what a migration moves."""
+        return self._k("act", activation_id, "running")
+
     def activations_index(self, namespace: str) -> str:
         return self._k("ns", namespace, "activations")
 
@@ -119,6 +129,10 @@ class Keys:
     def node_containers(self, node_id: str) -> str:
         return self._k("node", node_id, "containers")
 
+    def node_running(self, node_id: str) -> str:
+        """Activations running on a node (zset scored by deadline ms): what a drain moves off."""
+        return self._k("node", node_id, "running")
+
     def node_starts(self, node_id: str) -> str:
         """Stream of start requests the placement sent to a node's invoker."""
         return self._k("node", node_id, "starts")
@@ -137,6 +151,13 @@ class Keys:
     def model_popularity(self) -> str:
         return self._k("models", "popularity")
 
+    def model_popularity_window(self, minute: int) -> str:
+        """Invocations per model in one minute (epoch minutes): the prefetch policy's recent history."""
+        return self._k("models", "popularity", str(minute))
+
+    def models_kept(self) -> str:
+        return self._k("models", "kept")
+
     # --- migration, events ----------------------------------------------------------------
     def migration(self, activation_id: str) -> str:
         return self._k("migration", activation_id)
@@ -145,6 +166,12 @@ class Keys:
         return self._k("events")
 
     # --- celery ---------------------------------------------------------------------------
+    def celery_dead_nodes(self) -> str:
+        return self._k("celery", "dead")
+
+    def celery_lock(self, name: str) -> str:
+        return self._k("lock", "celery", name)
+
     @staticmethod
     def node_queue(node_id: str) -> str:
         """Celery queue of work that must run on one node (a Celery queue name, not a key)."""

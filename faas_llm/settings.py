@@ -125,6 +125,17 @@ class Settings(BaseModel):
     celery_restore_interval_s: float = Field(
         5.0, gt=0, description="How often unacked tasks of dead workers are restored."
     )
+    celery_pool: Literal["solo", "prefork", "threads"] = Field("prefork", description="Celery worker pool.")
+    celery_concurrency: int = Field(1, ge=1, le=64, description="Celery worker processes/threads per node.")
+    celery_tick_s: float = Field(10.0, gt=0, description="How often a worker runs the rescuer and prefetch policy.")
+    celery_rescue_after_s: float = Field(
+        30.0, gt=0, description="A node whose report stays absent this long is dead: its queue is re-routed."
+    )
+    prefetch_window_s: int = Field(900, ge=60, description="Invocation history the prefetch policy looks at.")
+    prefetch_max_replicas: int = Field(3, ge=0, le=1024, description="Most nodes the policy keeps one model on.")
+    migration_gap_tokens: int = Field(
+        20, ge=0, description="Live migration hands over once the destination is within this many tokens."
+    )
 
     # --- client (the faas-llm CLI and faas_llm.client) ---------------------------------
     apihost: str = Field("", description="Gateway URL the CLI talks to (empty: the properties file, else the gateway).")
