@@ -1,8 +1,8 @@
 """A cache-agent client in its own process (settings from the environment).
 
-``python -m tests.cache_agent.client_proc MODEL [--start-at EPOCH] [--hold]``: acquire MODEL,
-build the model from the shared segment, print one JSON line (lease, tier, a digest of every
-tensor, the logits of a fixed prompt), then with ``--hold`` keep the lease (heartbeating)
+``python -m tests.cache_agent.client_proc MODEL [--start-at EPOCH] [--hold] [--forward]``: acquire
+MODEL, map it, print one JSON line (lease, tier, a digest of every tensor; with ``--forward`` the
+logits of a fixed prompt from the model built on the shared segment), then with ``--hold`` keep the lease (heartbeating)
 until stdin closes or the process is killed.
 """
 
@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--start-at", type=float, default=0.0)
     parser.add_argument("--hold", action="store_true")
+    parser.add_argument("--forward", action="store_true", help="also build the model and run a forward pass")
     args = parser.parse_args()
     client = CacheClient(get_settings())
     delay = args.start_at - time.time()
@@ -40,9 +41,10 @@ def main() -> None:
         time.sleep(delay)
     lease = client.acquire(args.model)
     tensors = lease.tensors()
-    model = lease.model()
-    with torch.inference_mode():
-        logits = model(torch.tensor([[1, 5, 9, 2]])).logits[0, -1, :8].tolist()
+    logits: list[float] = []
+    if args.forward:
+        with torch.inference_mode():
+            logits = lease.model()(torch.tensor([[1, 5, 9, 2]])).logits[0, -1, :8].tolist()
     print(json.dumps({"lease": lease.lease_id, "tier": lease.tier.value, "offset": lease.reply.offset,
                       "segment": lease.reply.segment, "digest": digest(tensors), "logits": logits}), flush=True)
     if args.hold:
