@@ -61,3 +61,22 @@ def test_admin_errors_are_clear(run, capsys: pytest.CaptureFixture[str]) -> None
             main(["admin", *args])
         assert exit_info.value.code == 1
         assert message in capsys.readouterr().err
+
+
+def test_faas_llm_gateway_command_serves_until_sigterm(settings: Settings) -> None:
+    import subprocess
+    import sys
+
+    from faas_llm.redis_server import free_port
+    from faas_llm.settings import child_environ
+    from tests.gateway.conftest import REPO, wait_healthy
+
+    served = settings.model_copy(update={"gateway_port": free_port(), "gateway_workers": 1, "gateway_threads": 2})
+    proc = subprocess.Popen([sys.executable, "-m", "faas_llm.cli", "gateway"], env=child_environ(served), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_healthy(f"http://{served.gateway_host}:{served.gateway_port}", proc)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()[-2000:]
