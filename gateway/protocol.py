@@ -7,7 +7,7 @@ query strings go through the small parsers here, which raise the OpenWhisk messa
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -134,6 +134,9 @@ class ActivationListQuery(ListQuery):
 # --- OpenAI ---------------------------------------------------------------------------
 
 
+StopString = Annotated[str, Field(min_length=1)]
+
+
 class _OpenAIModel(BaseModel):
     # OpenAI clients send many optional fields; unknown ones are ignored (as OpenAI-compatible
     # servers do), known ones are type-checked.
@@ -149,8 +152,10 @@ class SamplingRequest(_OpenAIModel):
     max_tokens: int | None = Field(None, ge=1, le=131_072)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=4)] | None = Field(
+        None, description="a stop string or up to 4 of them"
+    )
+    seed: int | None = Field(None, ge=0, lt=2**63)
     n: Literal[1] = Field(1, description="only one choice per request")
     stream: bool = False
     stream_options: StreamOptions | None = None
