@@ -161,3 +161,36 @@ def poll(name: str | None, exit_after: float | None, since_seconds: float, inter
             if exit_after is not None and time.monotonic() - started >= exit_after:
                 return
             time.sleep(interval)
+
+
+def compare_rows(records: list[ActivationRecord]) -> list[list[str]]:
+    """One row per timing field, one column per activation (e.g. a cold start next to a warm one)."""
+    rows = [list(field) for field in zip(TIMING_HEADERS[1:], *(timing_row(r)[1:] for r in records), strict=True)]
+    rows.insert(3, ["wait ms", *(str(_annotation(r, "waitTime") or "") for r in records)])
+    rows.insert(4, ["init ms", *(str(_annotation(r, "initTime") or "") for r in records)])
+    return rows
+
+
+def _annotation(record: ActivationRecord, key: str) -> object:
+    return next((a.value for a in record.annotations if a.key == key), None)
+
+
+@activation.command("compare")
+@click.argument("activation_ids", nargs=-1, metavar="ID...")
+@click.option("--last", "last_n", type=click.IntRange(1, 10), help="Compare the N most recent activations.")
+@client_options
+@json_option
+def compare(activation_ids: tuple[str, ...], last_n: int | None, apihost: str | None, auth: str | None,
+            as_json: bool) -> None:
+    """Timings of activations side by side (start kind, load tier, load time, time to first token, ...)."""
+    if bool(activation_ids) == bool(last_n):
+        raise RequestError("give activation IDs or --last N")
+    with make_client(apihost, auth) as wsk:
+        if last_n:
+            records = list(reversed(wsk.list_activations(limit=last_n)))
+        else:
+            records = [wsk.get_activation(i) for i in activation_ids]
+    if as_json:
+        echo_json(records)
+        return
+    echo_table(["", *(r.activationId[:12] for r in records)], compare_rows(records))

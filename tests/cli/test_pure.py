@@ -155,3 +155,23 @@ def test_port_free_detects_a_listener() -> None:
         port = sock.getsockname()[1]
         assert not port_free("127.0.0.1", port)
     assert port_free("127.0.0.1", port)
+
+
+def test_compare_rows_put_activations_side_by_side() -> None:
+    from faas_llm.cli.activation import compare_rows
+    from faas_llm.errors import ActivationStatus
+    from faas_llm.types import ActivationRecord, ActivationResponse, KeyValue, LoadTier
+
+    ok = ActivationResponse.of(ActivationStatus.SUCCESS, {"text": "x"})
+    cold = ActivationRecord(namespace="guest", name="a", subject="guest", activationId="a" * 32, start=0,
+                            duration=900, response=ok, coldStart=True, loadTier=LoadTier.SSD, loadTime=0.5,
+                            timeToFirstToken=0.61, annotations=[KeyValue(key="initTime", value=600)])
+    warm = cold.model_copy(update={"activationId": "b" * 32, "coldStart": False, "loadTier": LoadTier.WARM,
+                                   "loadTime": None, "duration": 40, "timeToFirstToken": 0.02, "annotations": []})
+    rows = {row[0]: row[1:] for row in compare_rows([cold, warm])}
+    assert rows["start kind"] == ["cold", "warm"]
+    assert rows["load tier"] == ["ssd", "warm"]
+    assert rows["init ms"] == ["600", ""]
+    assert rows["duration ms"] == ["900", "40"]
+    assert rows["load s"] == ["0.500", ""]
+    assert rows["ttft s"] == ["0.610", "0.020"]
