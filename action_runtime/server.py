@@ -3,17 +3,36 @@
 - No worker timeout (``timeout = 0``): a long generation or stream is never killed for it.
 - SIGTERM is a graceful stop: no new connections, in-flight runs get ``runtime_drain_s`` to
   finish, then the worker is killed (Knative's drain, OpenWhisk's container removal).
+- The master process stays light (no torch); the worker imports torch and transformers when
+  it boots, before it accepts ``/init`` (that is the prewarm).
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+import sys
 from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
-from action_runtime.app import create_app
 from faas_llm.settings import Settings
+
+
+def exit_after_drain(_arbiter: Any, worker: Any) -> None:
+    """gunicorn ``worker_exit`` hook: a worker that drained on a graceful stop leaves at once.
+
+    Tearing down an interpreter that holds torch takes seconds and saves nothing (the model is
+    in memory only); a worker that failed (still ``alive``) or never booted exits the usual way,
+    so the master still sees its status.
+    """
+    if worker.booted and not worker.alive:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
@@ -23,12 +42,14 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "worker_class": "gthread",
         "threads": settings.runtime_threads,
         "timeout": 0,
-        "graceful_timeout": settings.runtime_drain_s,
+        "graceful_timeout": math.ceil(settings.runtime_drain_s),  # gunicorn takes whole seconds
         "keepalive": 5,
         "accesslog": None,
         "errorlog": "-",
         "loglevel": settings.log_level.lower(),
         "proc_name": "faas-llm-runtime",
+        "control_socket_disable": True,  # gunicorn 25+: one shared ~/.gunicorn socket would clash across runtimes
+        "worker_exit": exit_after_drain,
     }
 
 
@@ -42,4 +63,6 @@ class RuntimeServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Flask:
+        from action_runtime.app import create_app  # in the worker: the master never imports torch
+
         return create_app(self.settings)

@@ -33,10 +33,19 @@ class RuntimeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RuntimeProcess:
+        return self.launch().wait_up()
+
+    def launch(self) -> RuntimeProcess:
+        """Start the process (several can boot at once; then :meth:`wait_up` each)."""
         env = {**os.environ, **self.settings.as_env(), "PYTHONUNBUFFERED": "1"}
         env.pop("PORT", None)
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "action_runtime"], env=env, stdout=out, stderr=err)
+        return self
+
+    def wait_up(self) -> RuntimeProcess:
+        """Wait until the runtime answers /health (its worker has booted and prewarmed)."""
+        assert self.proc is not None
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -44,7 +53,7 @@ class RuntimeProcess:
             try:
                 if requests.get(self.url + "/health", timeout=2).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             time.sleep(0.1)
         self.stop()

@@ -274,4 +274,4 @@ def test_gunicorn_options_follow_settings() -> None:
     options = gunicorn_options(Settings(runtime_port=9123, runtime_threads=5, runtime_drain_s=7.5))
     assert options["bind"] == "127.0.0.1:9123"
     assert (options["workers"], options["worker_class"], options["threads"]) == (1, "gthread", 5)
-    assert options["timeout"] == 0 and options["graceful_timeout"] == 7.5
+    assert options["timeout"] == 0 and options["graceful_timeout"] == 8
