@@ -63,8 +63,9 @@ def hf_model(tiny_model_dir: Path) -> Any:
 def hf_generate(hf_model: Any, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     model, _ = hf_model
     with torch.inference_mode():
-        out = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-                             max_new_tokens=max_new_tokens, do_sample=False)
+        mask = torch.ones(1, len(prompt_ids), dtype=torch.long)
+        out = model.generate(torch.tensor([prompt_ids]), attention_mask=mask, max_new_tokens=max_new_tokens,
+                             do_sample=False)
     return [int(t) for t in out[0, len(prompt_ids):]]
 
 
