@@ -56,6 +56,14 @@ def invoker_cmd() -> None:
     invoker_main()
 
 
+@cli.command("runtime")
+def runtime_cmd() -> None:
+    """Run an action runtime (OpenWhisk /init,/run; Knative $PORT) under gunicorn; FAAS_LLM_* settings."""
+    from action_runtime.__main__ import main as runtime_main
+
+    runtime_main()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI, turning faas-llm errors into a message and exit code 1."""
     try:
