@@ -93,12 +93,15 @@ def read_into(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     threads: int = 2,
     direct_io: bool = True,
+    use_page_cache: bool = True,
 ) -> LoadStats:
     """Read the whole checkpoint into ``dest`` (at least ``index.total_bytes``; it may be a
     slice of a shared-memory pool). ``src`` is a checkpoint directory or a source.
+    ``direct_io`` reads through O_DIRECT where possible; ``use_page_cache`` first takes what
+    the page cache already holds (see :class:`LocalDirSource`).
     Raises CheckpointError naming the file and the problem; returns only when every byte
     is in place (and verified, with ``verify``)."""
-    source = as_source(src, index, direct_io=direct_io)
+    source = as_source(src, index, direct_io=direct_io, use_page_cache=use_page_cache)
     index = index or source.index
     view = memoryview(dest).cast("B") if not isinstance(dest, memoryview) or dest.format != "B" else dest
     if view.readonly:
