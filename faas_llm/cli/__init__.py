@@ -14,6 +14,7 @@ from faas_llm import __version__
 from faas_llm.cli.action import action
 from faas_llm.cli.activation import activation
 from faas_llm.cli.admin import admin, gateway_cmd
+from faas_llm.cli.background import node, worker
 from faas_llm.cli.cluster import cluster
 from faas_llm.cli.model import model
 from faas_llm.cli.property import property_group
@@ -46,6 +47,8 @@ cli.add_command(property_group)
 cli.add_command(cluster)
 cli.add_command(up)
 cli.add_command(down)
+cli.add_command(worker)
+cli.add_command(node)
 
 
 @cli.command("invoker")

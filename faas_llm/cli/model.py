@@ -23,6 +23,16 @@ def _add_registry_commands() -> None:
 _add_registry_commands()
 
 
+def _add_background_commands() -> None:
+    from faas_llm.cli.background import prefetch, status
+
+    for command in (prefetch, status):
+        model.add_command(command)
+
+
+_add_background_commands()
+
+
 @model.command("make-demo")
 @click.option("--size", type=click.Choice(["tiny", "bench"]), default="tiny", show_default=True,
               help="tiny: a few MB for tests; bench: ~1.3 B parameters, fp16, ~2.6 GB.")
