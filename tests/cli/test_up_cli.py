@@ -148,6 +148,7 @@ def test_ctrl_c_stops_everything(up_cluster: UpCluster) -> None:
 def test_detach_and_down(cli: Cli) -> None:
     from faas_llm.redis_server import free_port
 
+    cli.env["FAAS_LLM_PREWARM_COUNT"] = "0"  # detach/down is the subject here; the cluster above prewarms
     port = free_port()
     started = cli.ok("up", "--port", str(port), "--detach", timeout=200)
     assert "faas-llm is up in the background" in started.out
