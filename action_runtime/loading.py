@@ -7,15 +7,17 @@
 - ``faas-llm``: a faas-llm checkpoint directory (``index.json`` + partitions), through
   :mod:`faas_llm.checkpoint`'s loader (used when that package provides ``load_model``);
 - ``hf``: a Hugging Face model directory, through ``from_pretrained(local_files_only=True)``;
-- a registry name is resolved to ``<registry dir>/<name>`` of a ``file://`` registry and loaded
-  with the directory sources above (tier ``registry``).
-
-The node's cache agent (DRAM / SSD tiers) plugs in as one more source placed first in
-:func:`default_sources` once its client exists; nothing else has to change.
+- a registry name goes to the node's cache agent first (:class:`~faas_llm.cache_client.CacheClient`:
+  zero-copy from its DRAM pool, tier ``dram`` / ``ssd`` / ``registry`` as the agent reports; with the
+  agent down, the newest SSD copy, tier ``local``); with no agent and no SSD copy, it is resolved to
+  ``<registry dir>/<name>`` of a ``file://`` registry and loaded with the directory sources above
+  (tier ``registry``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -24,9 +26,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
-from faas_llm.errors import CheckpointError, InitError, RegistryError
+from faas_llm.errors import CacheAgentError, CheckpointError, InitError, RegistryError
 from faas_llm.settings import Settings
 from faas_llm.types import LoadTier, ModelName
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_INDEX = "index.json"
 HF_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
@@ -63,6 +67,8 @@ class LoadedModel:
     load_s: float
     source: str
     detail: dict[str, Any] = field(default_factory=dict)
+    handle: Any = None
+    """What keeps the weights valid (a cache-agent lease and its heartbeating client), if anything."""
 
 
 class ModelSource(ABC):
@@ -127,7 +133,7 @@ class CheckpointSource(ModelSource):
         if loader is None:
             raise CheckpointError("this build has no faas-llm checkpoint loader")
         model, stats = loader(path, settings=settings)
-        detail = stats.to_dict() if hasattr(stats, "to_dict") else {}
+        detail = dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) and not isinstance(stats, type) else {}
         return model.eval(), detail
 
 
@@ -160,8 +166,36 @@ def resolve(spec: ModelSpec, settings: Settings) -> tuple[Path, LoadTier]:
     return path, LoadTier.REGISTRY
 
 
+def load_from_cache_agent(name: str, settings: Settings) -> LoadedModel:
+    """Load a registry model through the node's cache agent; :class:`CacheAgentError` when it cannot."""
+    from faas_llm.cache_client import CacheClient
+
+    started = time.perf_counter()
+    client = CacheClient(settings)
+    try:
+        loaded = client.load_model(name, fallback=True)
+    except CacheAgentError:
+        client.close()
+        raise
+    meta_dir = Path(loaded.lease.reply.meta_dir) if loaded.lease is not None else loaded.path
+    if meta_dir is None:
+        raise CacheAgentError(f"the cache agent gave no directory with the tokenizer of {name}")
+    tokenizer = load_tokenizer(meta_dir)
+    detail = {"lease": loaded.lease.lease_id} if loaded.lease is not None else {"path": str(loaded.path)}
+    return LoadedModel(
+        model=loaded.model.eval(), tokenizer=tokenizer, name=name, tier=loaded.tier,
+        load_s=time.perf_counter() - started, source="cache-agent", detail=detail, handle=(client, loaded),
+    )
+
+
 def load_model(spec: ModelSpec, settings: Settings, sources: list[ModelSource] | None = None) -> LoadedModel:
-    """Load the model ``spec`` names with the first source that can read it."""
+    """Load the model ``spec`` names: through the cache agent for a registry name, else from a directory."""
+    if spec.checkpoint is None and spec.model is not None:
+        try:
+            return load_from_cache_agent(spec.model, settings)
+        except CacheAgentError as exc:
+            log.info("cache agent path for %s unavailable (%s): reading the registry directly", spec.model,
+                     exc.message)
     path, tier = resolve(spec, settings)
     for source in sources if sources is not None else default_sources():
         if source.can_load(path):

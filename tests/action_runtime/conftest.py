@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 import requests
 
 from faas_llm.redis_server import free_port
-from faas_llm.settings import Settings
+from faas_llm.settings import Settings, child_environ
 
 START_TIMEOUT_S = 90.0
 
@@ -37,7 +36,7 @@ class RuntimeProcess:
 
     def launch(self) -> RuntimeProcess:
         """Start the process (several can boot at once; then :meth:`wait_up` each)."""
-        env = {**os.environ, **self.settings.as_env(), "PYTHONUNBUFFERED": "1"}
+        env = {**child_environ(self.settings), "PYTHONUNBUFFERED": "1"}
         env.pop("PORT", None)
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "action_runtime"], env=env, stdout=out, stderr=err)

@@ -1,0 +1,70 @@
+"""The model sources behind /init: a faas-llm checkpoint through the loader, and a registry model
+through a real cache agent (zero-copy from its DRAM pool); outputs equal the Hugging Face directory's."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from action_runtime.app import create_app
+from faas_llm.registry.local import FileRegistry
+from faas_llm.settings import Settings
+from tests.cache_agent.conftest import AgentProcess
+
+MiB = 1024 * 1024
+RUN = {"value": {"prompt": "Loading from the cache", "max_tokens": 16, "temperature": 0}}
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from faas_llm.checkpoint import convert
+
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    convert(tiny_model_dir, out)
+    return out
+
+
+def init_and_run(settings: Settings, value: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    client = create_app(settings, do_prewarm=False).test_client()
+    init = client.post("/init", json={"value": value})
+    assert init.status_code == 200, init.json
+    return init.json, client.post("/run", json=RUN).json
+
+
+def test_faas_llm_checkpoint_loads_with_the_loader(tmp_path: Path, tiny_model_dir: Path,
+                                                   tiny_checkpoint: Path) -> None:
+    settings = Settings(data_dir=tmp_path, loader_direct_io=False)
+    _, reference = init_and_run(settings, {"checkpoint": str(tiny_model_dir)})
+    init, result = init_and_run(settings, {"checkpoint": str(tiny_checkpoint)})
+    assert init["source"] == "faas-llm" and init["load_tier"] == "local"
+    assert result["token_ids"] == reference["token_ids"]
+
+
+@pytest.fixture
+def agent(settings: Settings, tmp_path: Path, tiny_checkpoint: Path) -> Iterator[Settings]:
+    node = settings.model_copy(update={
+        "node_id": f"rt{os.getpid()}x{time.monotonic_ns() % 100000}",
+        "registry_url": f"file://{tmp_path / 'registry'}",
+        "dram_capacity_bytes": 16 * MiB, "ssd_capacity_bytes": 64 * MiB, "loader_direct_io": False,
+    })
+    FileRegistry(tmp_path / "registry").push(tiny_checkpoint, "demo/tiny")
+    process = AgentProcess(node, tmp_path / "agent.log").start()
+    try:
+        yield node
+    finally:
+        process.stop()
+
+
+def test_registry_model_through_the_cache_agent(agent: Settings, tiny_model_dir: Path) -> None:
+    _, reference = init_and_run(agent, {"checkpoint": str(tiny_model_dir)})
+    cold, first = init_and_run(agent, {"model": "demo/tiny"})
+    assert cold["source"] == "cache-agent" and cold["load_tier"] in ("registry", "ssd", "dram")
+    warm, second = init_and_run(agent, {"model": "demo/tiny"})
+    assert warm["load_tier"] == "dram"  # the second instance maps the agent's DRAM copy
+    assert first["token_ids"] == second["token_ids"] == reference["token_ids"]
+    assert second["model"] == "demo/tiny" and second["timings"]["load_tier"] == "dram"
