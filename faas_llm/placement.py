@@ -15,8 +15,9 @@ Policies (``settings.placement_policy`` names one; :func:`make_policy`):
     * waiting for a warm instance of the model: 0 when one is idle, else the
       expected free time of the soonest busy one; and
     * starting a new instance (only with a free slot and memory): the node's queue of
-      pending loads plus ``size / bandwidth`` of the fastest tier that holds the
-      checkpoint (DRAM, SSD, the registry, which holds everything).
+      pending loads, plus the runtime's boot time unless a prewarmed runtime is ready
+      there, plus ``size / bandwidth`` of the fastest tier that holds the checkpoint
+      (DRAM, SSD, the registry, which holds everything).
 
     It picks the node with the smallest estimate; ties go to the faster tier, then
     to the node id (deterministic).
@@ -85,6 +86,10 @@ class NodeView:
     #: bytes of pending loads not already counted in ``queue_s`` (drained at registry bandwidth)
     queue_bytes: int = 0
     draining: bool = False
+    #: seconds to bring up a runtime process where no prewarmed one is ready (0: not modelled)
+    boot_s: float = 0.0
+    #: prewarmed runtimes ready on the node (a start takes one and skips ``boot_s``)
+    prewarmed: int = 0
 
     def bandwidth(self, tier: LoadTier) -> float:
         measured = {LoadTier.DRAM: self.bw_dram, LoadTier.SSD: self.bw_ssd, LoadTier.REGISTRY: self.bw_registry}
@@ -94,6 +99,9 @@ class NodeView:
     def queue_seconds(self) -> float:
         extra = self.queue_bytes / self.bandwidth(LoadTier.REGISTRY) if self.queue_bytes > 0 else 0.0
         return max(0.0, self.queue_s) + extra
+
+    def start_overhead(self) -> float:
+        return 0.0 if self.prewarmed > 0 else max(0.0, self.boot_s)
 
     def can_start(self, memory_mb: int) -> bool:
         return not self.draining and self.free_slots > 0 and self.free_memory_mb >= memory_mb
@@ -143,14 +151,15 @@ class PlacementPolicy(Protocol):
 
 
 def load_estimate(request: PlacementRequest, node: NodeView) -> tuple[float, LoadTier]:
-    """Seconds to start a new instance on ``node`` (queue + size / bw of the fastest holding tier)."""
+    """Seconds to start a new instance on ``node``: queue + runtime boot (none with a prewarmed
+    runtime) + size / bw of the fastest holding tier."""
     best: tuple[float, LoadTier] | None = None
     for tier in node.tiers_holding():
         seconds = request.size_bytes / node.bandwidth(tier)
         if best is None or (seconds, _TIER_RANK[tier]) < (best[0], _TIER_RANK[best[1]]):
             best = (seconds, tier)
     assert best is not None  # the registry always holds the checkpoint
-    return node.queue_seconds() + best[0], best[1]
+    return node.queue_seconds() + node.start_overhead() + best[0], best[1]
 
 
 def warm_wait(node: NodeView) -> float | None:
@@ -322,6 +331,7 @@ def views_from_reports(
     *,
     expected_run_s: float = 1.0,
     model_sizes: Mapping[str, int] | None = None,
+    boot_s: float = 0.0,
 ) -> list[NodeView]:
     """Node views for ``request`` from node reports and cache inventories (pure).
 
@@ -329,7 +339,7 @@ def views_from_reports(
     Busy warm instances of the action are expected free after ``expected_run_s``
     scaled by their load; ``STARTING`` containers on a node count as its queue of
     pending loads (each at its model's size from ``model_sizes``, default the
-    request's size).
+    request's size); a node without a ``PREWARMED`` container pays ``boot_s`` to start one.
     """
     sizes = model_sizes or {}
     views: list[NodeView] = []
@@ -362,6 +372,8 @@ def views_from_reports(
             bw_registry=inv.registry_bandwidth if inv else 0.0,
             queue_bytes=queue_bytes,
             draining=report.draining,
+            boot_s=boot_s,
+            prewarmed=sum(1 for c in live if c.state is ContainerState.PREWARMED),
         ))
     return views
 

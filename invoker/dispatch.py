@@ -29,9 +29,11 @@ from typing import Any
 
 import redis
 
+from faas_llm import migration
 from faas_llm.activations import ActivationStore
 from faas_llm.errors import ActivationStatus, DeveloperError
 from faas_llm.keys import Keys
+from faas_llm.popularity import record_invocation
 from faas_llm.settings import Settings
 from faas_llm.types import ActivationRecord, Invocation, Limits, LoadTier, now_ms
 from invoker import runtime_client, streams
@@ -50,6 +52,10 @@ class InFlight:
     queue: str
     entry_id: str
     activation_id: str
+
+
+class Abandoned(Exception):
+    """The invoker is stopping and killed the runtime under a run: leave the entry for another invoker."""
 
 
 class Dispatcher:
@@ -127,7 +133,13 @@ class Dispatcher:
         with self._lock:
             self.in_flight[entry_id] = InFlight(queue, entry_id, aid)
         try:
-            record = self.execute(container, inv, streams.attempt_of(fields))
+            try:
+                record = self.execute(container, inv, streams.attempt_of(fields))
+            except Abandoned:
+                log.warning("abandoning %s on shutdown; it will be reclaimed and run elsewhere", aid)
+                if self.r.get(claim) == self.consumer:
+                    self.r.delete(claim)
+                return
             stored = self.store.complete(record)
             if not stored:
                 log.info("activation %s already had a record; this run's result is dropped", aid)
@@ -166,10 +178,18 @@ class Dispatcher:
         start_ms = now_ms()
         broken = False
         timed_out = False
+        running = self._register_run(container, inv)
+        handoff: migration.Handoff | None = None
         outcome: runtime_client.RunOutcome
         try:
             outcome = runtime_client.run(container.handle.url, body, inv.deadline_ms,
                                          sink if inv.stream else None)
+            # a live migration stopped the run here: it continues on the destination (faas_llm.migration)
+            handoff = migration.continue_if_migrated(
+                self.r, self.keys, running, body, outcome,
+                lambda url, b, s: runtime_client.run(url, b, inv.deadline_ms, s), sink if inv.stream else None)
+            if handoff is not None:
+                outcome = handoff.outcome  # type: ignore[assignment]
         except runtime_client.RunTimedOut:
             timed_out, broken = True, True
             outcome = runtime_client.RunOutcome(ActivationStatus.DEVELOPER_ERROR, {"error": timeout_message(limits)})
@@ -178,7 +198,10 @@ class Dispatcher:
             log.warning("container %s died running %s: %s", container.id, inv.activation_id, exc)
             outcome = runtime_client.RunOutcome(ActivationStatus.DEVELOPER_ERROR,
                                                 {"error": DeveloperError.default_message})
+        migration.unregister_run(self.r, self.keys, inv.activation_id, [node, *(handoff.nodes if handoff else [])])
         end_ms = now_ms()
+        if broken and self.stopping.is_set():
+            raise Abandoned(inv.activation_id)
         if not timed_out and outcome.status is ActivationStatus.DEVELOPER_ERROR and end_ms >= inv.deadline_ms:
             timed_out = True
             outcome.result = {"error": timeout_message(limits)}
@@ -201,7 +224,22 @@ class Dispatcher:
         self._observe(inv, facts)
         if broken or not alive:
             self.pool.replace(container)
-        return build_record(inv, facts, limits)
+        record = build_record(inv, facts, limits)
+        return handoff.annotate(record) if handoff is not None else record
+
+    def _register_run(self, container: Container, inv: Invocation) -> migration.RunningRun:
+        """Say where the activation runs (what a live migration moves) and count it for the prefetch policy."""
+        assert container.handle is not None
+        model = container.action.exec.model if container.action else ""
+        run = migration.RunningRun(activation_id=inv.activation_id, node=self.settings.node_id, container=container.id,
+                                   url=container.handle.url, namespace=inv.namespace, action=inv.action, model=model,
+                                   deadline_ms=inv.deadline_ms)
+        try:
+            migration.register_run(self.r, self.keys, run)
+            record_invocation(self.r, self.keys, model, self.settings.prefetch_window_s)
+        except redis.RedisError as exc:
+            log.warning("could not register run %s: %s", inv.activation_id, exc)
+        return run
 
     def _finish_stream(self, inv: Invocation, outcome: runtime_client.RunOutcome) -> None:
         done: dict[str, Any] = {"done": True}
@@ -255,6 +293,37 @@ class Dispatcher:
                     failed += 1
                 streams.ack_delete(self.r, queue, self.group, entry_id)
         return failed
+
+    def expire_backlog(self, namespace: str, action: str, limits: Limits | None = None, most: int = 100) -> int:
+        """Complete with a timeout record the oldest undelivered invocations whose deadline passed."""
+        queue = self.keys.action_queue(namespace, action)
+        streams.ensure_group(self.r, queue, self.group)
+        expired = 0
+        for _ in range(most):
+            head = streams.head_undelivered(self.r, queue, self.group)
+            if head is None:
+                break
+            try:
+                inv = ActivationStore.decode_message(head[1])
+            except ValueError:
+                inv = None
+            if inv is not None and now_ms() < inv.deadline_ms:
+                break
+            resp = self.r.xreadgroup(self.group, self.consumer, {queue: ">"}, count=1)
+            taken = [(eid, f) for _s, entries in resp or [] for eid, f in entries]
+            if not taken:
+                break
+            entry_id, fields = taken[0]
+            if entry_id != head[0]:  # someone took the head meanwhile: hand this one back, stop
+                streams.requeue(self.r, queue, self.group, entry_id, fields, streams.attempt_of(fields))
+                break
+            if inv is not None:
+                limits = limits or Limits()
+                self.store.complete(failure_record(inv, ActivationStatus.DEVELOPER_ERROR, timeout_message(limits),
+                                                   self.settings.node_id, now_ms(), timed_out=True, limits=limits))
+                expired += 1
+            streams.ack_delete(self.r, queue, self.group, entry_id)
+        return expired
 
     def expected_run_s(self, namespace: str, action: str, default: float = 2.0) -> float:
         with self._lock:

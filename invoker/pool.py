@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 S = ContainerState
 #: memory a prewarmed runtime (torch imported, no model) is counted for
 PREWARM_MEMORY_MB = 256
+#: runtime boot seconds assumed before one was measured here
+DEFAULT_BOOT_S = 5.0
 
 
 class ContainerPool:
@@ -51,6 +53,17 @@ class ContainerPool:
         self.containers: dict[str, Container] = {}
         self.executor = ThreadPoolExecutor(max_workers=settings.max_containers + 2, thread_name_prefix="pool")
         self.closed = False
+        #: seconds a runtime takes to boot here (an average of what was measured)
+        self.boot_s = DEFAULT_BOOT_S
+        self._boots = 0
+
+    def _start_runtime(self, container: Container) -> None:
+        started = time.monotonic()
+        container.handle = self.factory.start(container.id)
+        seconds = time.monotonic() - started
+        with self.lock:
+            self._boots += 1
+            self.boot_s = seconds if self._boots == 1 else 0.7 * self.boot_s + 0.3 * seconds
 
     # --- reading ------------------------------------------------------------------------
     def snapshot(self) -> list[ContainerInfo]:
@@ -108,7 +121,7 @@ class ContainerPool:
 
     def _boot_prewarm(self, container: Container) -> None:
         try:
-            container.handle = self.factory.start(container.id)
+            self._start_runtime(container)
         except FaasLLMError as exc:
             log.error("prewarm runtime %s failed to start: %s", container.id, exc.message)
             self._forget(container)
@@ -122,7 +135,7 @@ class ContainerPool:
 
     def _start_and_init(self, container: Container, action: Action) -> None:
         try:
-            container.handle = self.factory.start(container.id)
+            self._start_runtime(container)
         except FaasLLMError as exc:
             log.error("runtime %s failed to start: %s", container.id, exc.message)
             self._forget(container)

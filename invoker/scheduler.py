@@ -3,6 +3,7 @@
 Every invoker runs a tick; per action queue one of them wins a short lock
 (``keys.placement_lock``) and decides for that action:
 
+0. invocations still queued past their deadline get a timeout record (never left waiting);
 1. the autoscaler (:mod:`faas_llm.autoscale`) says how many instances to add, from the backlog,
    the runs in flight, the instances in the node reports and the start requests not yet
    visible as containers (``keys.action_starts``), within ``min_instances`` / ``max_instances``;
@@ -27,7 +28,7 @@ from faas_llm.errors import ActivationStatus
 from faas_llm.keys import Keys
 from faas_llm.placement import NodeView, PlacementPolicy, PlacementRequest, views_from_reports
 from faas_llm.settings import Settings
-from faas_llm.types import Action, ContainerState, NodeReport, now_ms
+from faas_llm.types import Action, ContainerState, Limits, NodeReport, now_ms
 from invoker import streams
 from invoker.cluster import ActionCache, ModelSizes, read_inventories, read_reports
 
@@ -53,7 +54,8 @@ def book_warm(views: list[NodeView], node: str, run_s: float) -> list[NodeView]:
 
 def book_start(views: list[NodeView], node: str, size_bytes: int) -> list[NodeView]:
     """After a start request to ``node``, it has one slot less and one more load queued."""
-    return [dataclasses.replace(v, free_slots=v.free_slots - 1, queue_bytes=v.queue_bytes + size_bytes)
+    return [dataclasses.replace(v, free_slots=v.free_slots - 1, queue_bytes=v.queue_bytes + size_bytes,
+                                prewarmed=max(0, v.prewarmed - 1))
             if v.node == node else v for v in views]
 
 
@@ -71,11 +73,15 @@ def instances_of(reports: list[NodeReport], namespace: str, action: str) -> tupl
 class Scheduler:
     def __init__(self, settings: Settings, r: Any, keys: Keys, actions: ActionCache, policy: PlacementPolicy,
                  consumer: str, expected_run_s: Callable[[str, str], float],
-                 fail_backlog: Callable[[str, str, ActivationStatus, str, int], int]) -> None:
+                 fail_backlog: Callable[[str, str, ActivationStatus, str, int], int],
+                 expire_backlog: Callable[[str, str, Limits | None], int] | None = None,
+                 boot_s: Callable[[], float] = lambda: 0.0) -> None:
         self.settings, self.r, self.keys, self.actions = settings, r, keys, actions
         self.policy, self.consumer = policy, consumer
         self.expected_run_s = expected_run_s
         self.fail_backlog = fail_backlog
+        self.expire_backlog = expire_backlog
+        self.boot_s = boot_s
         self.sizes = ModelSizes(settings)
         self.group = keys.consumer_group()
 
@@ -109,6 +115,8 @@ class Scheduler:
                                            "The requested resource does not exist.", backlog)
                 log.warning("failed %d invocations of %s/%s: the action does not exist", failed, ns, name)
             return 0
+        if backlog and self.expire_backlog is not None:
+            backlog -= self.expire_backlog(ns, name, action.limits)
         starts_key = self.keys.action_starts(ns, name)
         now = now_ms()
         self.r.zremrangebyscore(starts_key, "-inf", now)
@@ -124,7 +132,7 @@ class Scheduler:
         request = PlacementRequest(ns, name, action.exec.model, self.sizes.size(action.exec.model),
                                    action.limits.memory)
         run_s = self.expected_run_s(ns, name)
-        views = views_from_reports(request, reports, inventories, expected_run_s=run_s)
+        views = views_from_reports(request, reports, inventories, expected_run_s=run_s, boot_s=self.boot_s())
         # the autoscaler counted idle instances already: they will be busy with the demand it saw
         views = [dataclasses.replace(v, warm_idle=0, warm_busy_free_s=(*v.warm_busy_free_s, *([run_s] * v.warm_idle)))
                  for v in views]

@@ -53,7 +53,8 @@ class Invoker:
         self.dispatcher = Dispatcher(settings, self.r, self.keys, self.store, self.pool, self.actions, self.metrics,
                                      self.consumer)
         self.scheduler = Scheduler(settings, self.r, self.keys, self.actions, make_policy(settings.placement_policy),
-                                   self.consumer, self.dispatcher.expected_run_s, self.dispatcher.fail_backlog)
+                                   self.consumer, self.dispatcher.expected_run_s, self.dispatcher.fail_backlog,
+                                   self.dispatcher.expire_backlog, lambda: self.pool.boot_s)
         self.stopping = threading.Event()
         self.draining = False
         self._threads: list[threading.Thread] = []
@@ -167,7 +168,13 @@ class Invoker:
         self.publish()
         reports = read_reports(self.r, self.keys)
         self.expire_idle(reports)
-        self.pool.ensure_prewarm()
+        if self.r.exists(self.keys.node_drain(self.settings.node_id)):  # faas-llm node drain
+            self.draining = True
+            for c in self.pool._live():
+                if c.state is ContainerState.IDLE:
+                    self.pool.remove(c.id, graceful=True, only_if_idle=True)
+        if not self.draining:
+            self.pool.ensure_prewarm()
         reclaim.sweep(self.settings, self.r, self.keys, self.store, self.actions, self.metrics, self.consumer)
         self.scheduler.tick()
         self._gauges()

@@ -71,6 +71,15 @@ def backlog(r: Any, queue: str, group: str) -> int:
     return max(0, int(length) - int(pending.get("pending", 0) if isinstance(pending, dict) else 0))
 
 
+def head_undelivered(r: Any, queue: str, group: str) -> tuple[str, Mapping[Any, Any]] | None:
+    """The oldest entry not yet delivered to the group (``None`` when there is none)."""
+    last = next((g.get("last-delivered-id") for g in r.xinfo_groups(queue) if g.get("name") == group), None)
+    if last is None:
+        return None
+    entries = r.xrange(queue, f"({last}", "+", count=1)
+    return (str(entries[0][0]), entries[0][1]) if entries else None
+
+
 def autoclaim(r: Any, queue: str, group: str, consumer: str, min_idle_ms: int, count: int = 100
               ) -> list[tuple[str, Mapping[Any, Any] | None]]:
     """XAUTOCLAIM entries idle at least ``min_idle_ms``. Redis 6.2 answers (next, entries) with

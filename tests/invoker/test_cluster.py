@@ -31,7 +31,7 @@ def cluster(redis_server: RedisServer, tiny_model_dir: Path, tmp_path_factory: p
     url = redis_server.url.rsplit("/", 1)[0] + f"/{DB}"
     redis.Redis.from_url(url).flushdb()
     base = Settings(
-        redis_url=url, data_dir=root / "data", registry_url=f"file://{root / 'registry'}", prewarm_count=0,
+        redis_url=url, data_dir=root / "data", registry_url=f"file://{root / 'registry'}", prewarm_count=1,
         max_containers=3, heartbeat_interval_s=0.2, node_ttl_s=1.5, claim_idle_ms=1500, runtime_drain_s=1.0,
         runtime_threads=4, runtime_torch_threads=1, log_level="INFO",
     )
@@ -67,11 +67,19 @@ def test_cold_start_goes_where_the_checkpoint_is_closest(cluster: Cluster) -> No
     cluster.publish_inventory("node-a", dram=[], ssd=["tiny-x"])
     cluster.publish_inventory("node-b", dram=["tiny-x"], ssd=["tiny-y"])
     cluster.put_action("near", model="tiny-x", keep_alive=1.0)
-    rec = cluster.result(cluster.invoke("near"))
-    assert rec.response.success and rec.coldStart and rec.node == "node-b"
     cluster.put_action("mid", model="tiny-y", keep_alive=1.0)
-    rec = cluster.result(cluster.invoke("mid"))
-    assert rec.response.success and rec.coldStart and rec.node == "node-b"
+    near, mid = cluster.invoke("near"), cluster.invoke("mid")
+    for aid in (near, mid):
+        rec = cluster.result(aid)
+        assert rec.response.success and rec.coldStart and rec.node == "node-b", rec
+
+
+def test_an_action_whose_model_cannot_load_fails_clearly(cluster: Cluster) -> None:
+    cluster.put_action("ghost", model="no-such-model", keep_alive=1.0)
+    rec = cluster.result(cluster.invoke("ghost"))
+    assert rec.response.status == "action developer error"
+    assert "no-such-model" in rec.response.result["error"]
+    wait_for("the failed container to go", lambda: not cluster.containers_of("ghost"), timeout_s=10)
 
 
 def test_max_instances_respected_under_a_burst(cluster: Cluster) -> None:

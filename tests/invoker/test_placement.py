@@ -183,3 +183,21 @@ def test_views_from_reports_combine_node_reports_and_cache_inventories() -> None
     assert v2.node == "n2" and v2.free_slots == 2 and not v2.in_dram and not v2.in_ssd  # registry only
     decision = make_policy("locality").choose(REQ, [v1, v2])
     assert decision == Decision("n1", 3.0, LoadTier.WARM)
+
+
+def test_a_prewarmed_runtime_saves_the_boot_time() -> None:
+    cold = node("a", in_ssd=True, boot_s=6.0)
+    warm_runtime = node("b", boot_s=6.0, prewarmed=1)
+    assert load_estimate(REQ, cold) == (11.0, LoadTier.SSD)
+    assert load_estimate(REQ, warm_runtime) == (20.0, LoadTier.REGISTRY)
+    small = PlacementRequest("guest", "chat", "tiny", GB)
+    # 0.5 s SSD + 6 s boot on a loses to 2 s registry on b, whose runtime is already up
+    assert make_policy("locality").choose(small, [cold, warm_runtime]) == Decision("b", 2.0, LoadTier.REGISTRY)
+
+
+def test_views_count_prewarmed_runtimes_and_the_boot_time() -> None:
+    reports = [NodeReport(node="n1", max_containers=2, free_memory_mb=8000, containers=[
+        ContainerInfo(id="p", state=ContainerState.PREWARMED)])]
+    (view,) = views_from_reports(REQ, reports, {}, boot_s=4.0)
+    assert view.prewarmed == 1 and view.boot_s == 4.0 and view.start_overhead() == 0.0
+    assert view.free_slots == 2

@@ -196,3 +196,36 @@ def test_scheduler_fails_invocations_of_a_missing_action(r: Any, keys: Keys, set
     sched = Scheduler(settings, r, keys, ActionCache(r, keys), make_policy("locality"), "me", lambda ns, a: 1.0, fail)
     assert sched.tick() == {}
     assert failed == [("guest", "gone", 1)] and inv.activation_id
+
+
+def test_invocations_queued_past_their_deadline_get_a_timeout_record(r: Any, keys: Keys, settings: Settings) -> None:
+    from invoker.dispatch import Dispatcher
+
+    store = ActivationStore(r, keys)
+    late = [_submit(store, deadline_in_ms=-1) for _ in range(2)]
+    fresh = _submit(store)
+    dispatcher = Dispatcher(settings, r, keys, store, None, ActionCache(r, keys), InvokerMetrics("n"),  # type: ignore[arg-type]
+                            "me")
+    assert dispatcher.expire_backlog("guest", "chat") == 2
+    for inv in late:
+        record = store.get(inv.activation_id)
+        assert record is not None and record.response.statusCode == int(ActivationStatus.DEVELOPER_ERROR)
+        assert {a.key: a.value for a in record.annotations}["timeout"] is True
+    assert store.get(fresh.activation_id) is None
+    assert streams.backlog(r, keys.action_queue("guest", "chat"), keys.consumer_group()) == 1
+    assert dispatcher.expire_backlog("guest", "chat") == 0
+
+
+def test_metrics_are_served_for_prometheus() -> None:
+    import requests
+
+    from faas_llm.redis_server import free_port
+
+    metrics = InvokerMetrics("n1")
+    metrics.starts.labels(kind="cold", tier="dram").inc()
+    metrics.containers.labels(state="idle").set(2)
+    port = free_port()
+    metrics.serve(port)
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert 'faas_llm_invoker_container_starts_total{kind="cold",tier="dram"} 1.0' in text
+    assert 'faas_llm_invoker_containers{state="idle"} 2.0' in text
