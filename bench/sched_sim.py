@@ -35,7 +35,9 @@ from faas_llm.placement import LocalityPolicy, PlacementPolicy, make_policy
 
 BASELINES = ("random", "round-robin", "hash", "least-loaded", "serverlessllm")
 OURS = ("locality-nowarm", "locality", "locality+migration")
-ALL_POLICIES = (*BASELINES, *OURS, "oracle")
+#: references, not schedulers: locality with true run times (same cluster), and the lower bound
+REFERENCES = ("clairvoyant", "oracle")
+ALL_POLICIES = (*BASELINES, *OURS, *REFERENCES)
 WORKLOADS = ("conv", "code", "bursty")
 
 
@@ -53,8 +55,8 @@ class Config:
 
 def make_runner(name: str, cfg: Config) -> tuple[PlacementPolicy, MigrationHook | None, bool]:
     """(policy, migration hook, oracle mode) for a policy name of this bench."""
-    if name == "oracle":
-        return LocalityPolicy(name="oracle"), None, True
+    if name in REFERENCES:
+        return LocalityPolicy(name=name), None, name == "oracle"
     if name == "locality-nowarm":
         return LocalityPolicy(name=name, use_warm=False), None, False
     if name == "locality+migration":
@@ -76,7 +78,8 @@ def build_workload(workload: str, load: float, cfg: Config, trace_dir: Path) -> 
 
 def run_one(workload: Workload, policy_name: str, cfg: Config) -> SimResult:
     policy, hook, oracle = make_runner(policy_name, cfg)
-    sim = Simulator(workload, policy, cfg.cluster, cfg.gpu, seed=cfg.seed, oracle=oracle, migration=hook)
+    sim = Simulator(workload, policy, cfg.cluster, cfg.gpu, seed=cfg.seed, oracle=oracle,
+                    clairvoyant=policy_name == "clairvoyant", migration=hook)
     return sim.run()
 
 
@@ -141,14 +144,14 @@ def summary_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list of conv, code, bursty")
-    p.add_argument("--loads", default="0.2,0.35,0.5", help="offered GPU loads (comma list)")
+    p.add_argument("--loads", default="0.1,0.2,0.3", help="offered GPU loads (comma list)")
     p.add_argument("--policies", default=",".join(ALL_POLICIES))
     p.add_argument("--nodes", type=int, default=ClusterSpec.nodes)
     p.add_argument("--keep-alive", type=float, default=ClusterSpec.keep_alive_s)
     p.add_argument("--single-loader", action="store_true", help="sensitivity: one FIFO load queue per node")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use only the first N requests of each trace")
-    p.add_argument("--quick", action="store_true", help="first 4000 requests, one load level (< 30 s)")
+    p.add_argument("--quick", action="store_true", help="first 2500 requests, one load level (< 30 s)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--trace-dir", type=Path, default=TRACE_DIR)
     p.add_argument("--plot", type=Path, default=None, help="CDF plot PNG (conv workload, every load)")
@@ -163,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     policies = [x for x in args.policies.split(",") if x]
     limit = args.limit
     if args.quick:
-        limit = limit or 4000
+        limit = limit or 2500
         loads = loads[1:2] if len(loads) > 1 else loads
     unknown = [w for w in workloads if w not in WORKLOADS] + [x for x in policies if x not in ALL_POLICIES]
     if unknown:

@@ -76,13 +76,15 @@ class Simulator:
         *,
         seed: int,
         oracle: bool = False,
+        clairvoyant: bool = False,
         migration: MigrationHook | None = None,
     ) -> None:
         self.w = workload
         self.policy = policy
         self.cluster = cluster
         self.gpu = gpu
-        self.oracle = oracle
+        self.oracle = oracle  # unlimited slots and memory, no load queues, true run times
+        self.clairvoyant = clairvoyant or oracle  # true run times in the warm-wait estimates
         self.migration = migration
         self.now = 0.0
         self.result = SimResult()
@@ -200,7 +202,7 @@ class Simulator:
         """Per node, when each busy warm instance of ``m`` is expected free, after the claimed requests.
 
         Non-clairvoyant: ``expected_run_s`` of the model (its rates at the workload's mean
-        tokens), not the request's true length. The oracle uses the true end times.
+        tokens), not the request's true length. Clairvoyant runs (the oracle) use the true end times.
         """
         per_node: list[list[float]] = [[] for _ in self.nodes]
         busy = [i for i in self.busy[m].values() if i.evict_for is None]
@@ -208,13 +210,13 @@ class Simulator:
             return per_node
         run = self.expected_run[m]
         heap = [
-            ((i.run_end if self.oracle else max(self.now, i.run_start + run)), i.node) for i in busy
+            ((i.run_end if self.clairvoyant else max(self.now, i.run_start + run)), i.node) for i in busy
         ]
         heapq.heapify(heap)
-        queued = list(itertools.islice(self.queue[m], self.claims[m])) if self.oracle else []
+        queued = list(itertools.islice(self.queue[m], self.claims[m])) if self.clairvoyant else []
         for k in range(self.claims[m]):
             t, node = heapq.heappop(heap)
-            heapq.heappush(heap, (t + (queued[k].run_s if self.oracle else run), node))
+            heapq.heappush(heap, (t + (queued[k].run_s if self.clairvoyant else run), node))
         for t, node in heap:
             per_node[node].append(t - self.now)
         return per_node
