@@ -29,6 +29,7 @@ Layout (``P`` = prefix)::
     P:node:{id}:containers             hash  container id -> container JSON
     P:node:{id}:starts                 stream  start requests for the node's invoker (placement)
     P:node:{id}:running                zset  activation ids running on the node (score: deadline ms)
+    P:node:{id}:drain                  str   set while the node is drained (its invoker takes no new work)
     P:starts:{ns}:{action}             zset  start requests in flight (score: expiry ms)
     P:lock:place:{ns}:{action}         str   who is placing the action's instances now (TTL)
     P:model:{name}:status              hash  prefetch/status of a model per node
@@ -132,6 +133,10 @@ class Keys:
     def node_running(self, node_id: str) -> str:
         """Activations running on a node (zset scored by deadline ms): what a drain moves off."""
         return self._k("node", node_id, "running")
+
+    def node_drain(self, node_id: str) -> str:
+        """Set while a node is drained: its invoker takes no new work and removes idle containers."""
+        return self._k("node", node_id, "drain")
 
     def node_starts(self, node_id: str) -> str:
         """Stream of start requests the placement sent to a node's invoker."""
