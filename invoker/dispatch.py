@@ -54,6 +54,10 @@ class InFlight:
     activation_id: str
 
 
+class Abandoned(Exception):
+    """The invoker is stopping and killed the runtime under a run: leave the entry for another invoker."""
+
+
 class Dispatcher:
     def __init__(self, settings: Settings, r: Any, keys: Keys, store: ActivationStore, pool: ContainerPool,
                  actions: ActionCache, metrics: InvokerMetrics, consumer: str) -> None:
@@ -129,7 +133,13 @@ class Dispatcher:
         with self._lock:
             self.in_flight[entry_id] = InFlight(queue, entry_id, aid)
         try:
-            record = self.execute(container, inv, streams.attempt_of(fields))
+            try:
+                record = self.execute(container, inv, streams.attempt_of(fields))
+            except Abandoned:
+                log.warning("abandoning %s on shutdown; it will be reclaimed and run elsewhere", aid)
+                if self.r.get(claim) == self.consumer:
+                    self.r.delete(claim)
+                return
             stored = self.store.complete(record)
             if not stored:
                 log.info("activation %s already had a record; this run's result is dropped", aid)
@@ -190,6 +200,8 @@ class Dispatcher:
                                                 {"error": DeveloperError.default_message})
         migration.unregister_run(self.r, self.keys, inv.activation_id, [node, *(handoff.nodes if handoff else [])])
         end_ms = now_ms()
+        if broken and self.stopping.is_set():
+            raise Abandoned(inv.activation_id)
         if not timed_out and outcome.status is ActivationStatus.DEVELOPER_ERROR and end_ms >= inv.deadline_ms:
             timed_out = True
             outcome.result = {"error": timeout_message(limits)}
@@ -281,6 +293,37 @@ class Dispatcher:
                     failed += 1
                 streams.ack_delete(self.r, queue, self.group, entry_id)
         return failed
+
+    def expire_backlog(self, namespace: str, action: str, limits: Limits | None = None, most: int = 100) -> int:
+        """Complete with a timeout record the oldest undelivered invocations whose deadline passed."""
+        queue = self.keys.action_queue(namespace, action)
+        streams.ensure_group(self.r, queue, self.group)
+        expired = 0
+        for _ in range(most):
+            head = streams.head_undelivered(self.r, queue, self.group)
+            if head is None:
+                break
+            try:
+                inv = ActivationStore.decode_message(head[1])
+            except ValueError:
+                inv = None
+            if inv is not None and now_ms() < inv.deadline_ms:
+                break
+            resp = self.r.xreadgroup(self.group, self.consumer, {queue: ">"}, count=1)
+            taken = [(eid, f) for _s, entries in resp or [] for eid, f in entries]
+            if not taken:
+                break
+            entry_id, fields = taken[0]
+            if entry_id != head[0]:  # someone took the head meanwhile: hand this one back, stop
+                streams.requeue(self.r, queue, self.group, entry_id, fields, streams.attempt_of(fields))
+                break
+            if inv is not None:
+                limits = limits or Limits()
+                self.store.complete(failure_record(inv, ActivationStatus.DEVELOPER_ERROR, timeout_message(limits),
+                                                   self.settings.node_id, now_ms(), timed_out=True, limits=limits))
+                expired += 1
+            streams.ack_delete(self.r, queue, self.group, entry_id)
+        return expired
 
     def expected_run_s(self, namespace: str, action: str, default: float = 2.0) -> float:
         with self._lock:

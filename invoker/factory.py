@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -98,6 +99,9 @@ class ProcessFactory(ContainerFactory):
     def __init__(self, settings: Settings, command: list[str] | None = None) -> None:
         self.settings = settings
         self.command = command or [sys.executable, "-m", "action_runtime"]
+        self._lock = threading.Lock()
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._closed = False
 
     def start(self, container_id: str) -> RuntimeHandle:
         port = free_port(self.settings.runtime_host)
@@ -108,6 +112,11 @@ class ProcessFactory(ContainerFactory):
             stderr=subprocess.PIPE, start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
+        with self._lock:
+            self._procs[proc.pid] = proc
+            closed = self._closed
+        if closed:
+            _signal_group(proc.pid, signal.SIGKILL)
         assert proc.stdout is not None and proc.stderr is not None
         logs.follow("stdout", proc.stdout)
         logs.follow("stderr", proc.stderr)
@@ -142,6 +151,17 @@ class ProcessFactory(ContainerFactory):
                     pipe.close()
                 except OSError:
                     pass
+        with self._lock:
+            self._procs.pop(proc.pid, None)
+
+    def close(self) -> None:
+        """Kill every runtime this factory started that still runs (starts in progress fail at once)."""
+        with self._lock:
+            self._closed = True
+            procs = list(self._procs.values())
+        for proc in procs:
+            if proc.poll() is None:
+                _signal_group(proc.pid, signal.SIGKILL)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

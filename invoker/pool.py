@@ -217,6 +217,7 @@ class ContainerPool:
         for c in containers:
             if c.handle is not None:
                 self.factory.remove(c.handle, graceful=False)
+        self.factory.close()  # runtimes still booting die now instead of holding up the shutdown
         self.executor.shutdown(wait=True, cancel_futures=True)
         for c in containers:  # a start that finished during shutdown
             if c.handle is not None and self.factory.alive(c.handle):

@@ -87,26 +87,33 @@ class Scheduler:
 
     def tick(self) -> dict[str, int]:
         """One scheduling pass over every action queue; returns start requests sent per action."""
-        queues = sorted(self.r.smembers(self.keys.queues_index()))
-        if not queues:
-            return {}
-        reports = read_reports(self.r, self.keys)
-        inventories = read_inventories(self.r, self.keys, [rep.node for rep in reports])
-        sent: dict[str, int] = {}
         lock_ms = max(200, int(self.settings.heartbeat_interval_s * 1500))
-        for queue in queues:
+        mine: list[tuple[str, str, str, int]] = []
+        for queue in sorted(self.r.smembers(self.keys.queues_index())):
             target = streams.queue_action(self.keys, queue)
             if target is None:
                 continue
             ns, name = target
             if not self.r.set(self.keys.placement_lock(ns, name), self.consumer, nx=True, px=lock_ms):
                 continue
-            n = self._schedule(queue, ns, name, reports, inventories)
+            # Start requests are read BEFORE the reports: a node publishes its report (with the new
+            # container) before it removes the request, so every start is seen in one or the other.
+            starts_key = self.keys.action_starts(ns, name)
+            self.r.zremrangebyscore(starts_key, "-inf", now_ms())
+            mine.append((queue, ns, name, int(self.r.zcard(starts_key))))
+        if not mine:
+            return {}
+        reports = read_reports(self.r, self.keys)
+        inventories = read_inventories(self.r, self.keys, [rep.node for rep in reports])
+        sent: dict[str, int] = {}
+        for queue, ns, name, pending_starts in mine:
+            n = self._schedule(queue, ns, name, pending_starts, reports, inventories)
             if n:
                 sent[f"{ns}/{name}"] = n
         return sent
 
-    def _schedule(self, queue: str, ns: str, name: str, reports: list[NodeReport], inventories: Any) -> int:
+    def _schedule(self, queue: str, ns: str, name: str, pending_starts: int, reports: list[NodeReport],
+                  inventories: Any) -> int:
         backlog = streams.backlog(self.r, queue, self.group)
         action = self.actions.get(ns, name)
         if action is None:
@@ -117,10 +124,6 @@ class Scheduler:
             return 0
         if backlog and self.expire_backlog is not None:
             backlog -= self.expire_backlog(ns, name, action.limits)
-        starts_key = self.keys.action_starts(ns, name)
-        now = now_ms()
-        self.r.zremrangebyscore(starts_key, "-inf", now)
-        pending_starts = int(self.r.zcard(starts_key))
         instances, in_flight = instances_of(reports, ns, name)
         wanted = instances_to_start(action.scaling, instances + pending_starts, in_flight, backlog)
         if wanted <= 0:

@@ -53,7 +53,8 @@ class Invoker:
         self.dispatcher = Dispatcher(settings, self.r, self.keys, self.store, self.pool, self.actions, self.metrics,
                                      self.consumer)
         self.scheduler = Scheduler(settings, self.r, self.keys, self.actions, make_policy(settings.placement_policy),
-                                   self.consumer, self.dispatcher.expected_run_s, self.dispatcher.fail_backlog)
+                                   self.consumer, self.dispatcher.expected_run_s, self.dispatcher.fail_backlog,
+                                   self.dispatcher.expire_backlog, lambda: self.pool.boot_s)
         self.stopping = threading.Event()
         self.draining = False
         self._threads: list[threading.Thread] = []
