@@ -8,8 +8,8 @@ sequential reads and calls :meth:`CheckpointSource.read` from its reader threads
   read with ``O_DIRECT`` where the file system and the destination's alignment allow it,
   buffered otherwise (tmpfs refuses ``O_DIRECT``; an unaligned buffer cannot use it).
   Bytes that are already in the page cache (a warm file) are copied from there instead
-  (``preadv`` with ``RWF_NOWAIT`` fails rather than wait for the disk; the rest then goes
-  through ``O_DIRECT``).
+  (``mincore`` says which pages are resident without reading any; the rest goes through
+  ``O_DIRECT``).
 - :class:`SharedMemorySource`: a checkpoint already laid out in a memory region (the DRAM
   tier's shared-memory pool): reads are memory copies. To use the bytes *in place*, call
   :func:`~faas_llm.checkpoint.tensors_from_buffer` on the region instead.
@@ -19,19 +19,36 @@ A remote source (the model registry) implements the same three methods.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import os
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+import numpy as np
 
 from faas_llm.checkpoint.format import ALIGNMENT, CheckpointIndex, PartitionEntry, read_index
 from faas_llm.checkpoint.region import buffer_address
 from faas_llm.errors import CheckpointError
 
 O_DIRECT = getattr(os, "O_DIRECT", 0)
-RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+
+
+def _load_mincore() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).mincore
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_mincore = _load_mincore()
 
 
 class CheckpointSource(ABC):
@@ -79,7 +96,8 @@ class LocalDirSource(CheckpointSource):
     def __init__(self, ckpt_dir: str | Path, index: CheckpointIndex | None = None, *, direct_io: bool = True,
                  use_page_cache: bool = True) -> None:
         self.root = Path(ckpt_dir)
-        self.use_page_cache = use_page_cache and RWF_NOWAIT != 0
+        self.use_page_cache = use_page_cache and _mincore is not None
+        self._maps: dict[str, mmap.mmap] = {}
         self.description = str(self.root)
         self._index = index
         self.direct_io = direct_io and O_DIRECT != 0
@@ -126,6 +144,8 @@ class LocalDirSource(CheckpointSource):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             except (OSError, AttributeError):
                 pass
+            if self.direct_io and self.use_page_cache and size:
+                self._maps[partition.file] = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
             if self.direct_io:
                 try:
                     self._direct_fds[partition.file] = os.open(path, os.O_RDONLY | O_DIRECT)
@@ -146,6 +166,9 @@ class LocalDirSource(CheckpointSource):
             raise CheckpointError(f"{path}: cannot open: {exc.strerror}") from None
 
     def close(self) -> None:
+        for mapping in self._maps.values():
+            mapping.close()
+        self._maps.clear()
         for fds in (self._direct_fds, self._buffered_fds):
             for fd in fds.values():
                 os.close(fd)
@@ -156,12 +179,17 @@ class LocalDirSource(CheckpointSource):
             raise CheckpointError(f"{self.description}: source read before open()")
         direct_fd = self._direct_fds.get(partition.file)
         if direct_fd is not None and self.use_page_cache:
-            # Bytes already in the page cache are copied from there (memory speed); RWF_NOWAIT
-            # makes the read fail instead of waiting for the disk, and O_DIRECT reads the rest.
-            cached = self._read_cached(self._buffered_fds[partition.file], offset, dest)
-            if cached == len(dest):
-                return
-            offset, dest = offset + cached, dest[cached:]
+            # Bytes already in the page cache are copied from there (memory speed); O_DIRECT
+            # reads the rest from the disk.
+            cached = self._resident_prefix(partition, offset, len(dest))
+            if cached:
+                try:
+                    self._read_fully(self._buffered_fds[partition.file], partition, offset, dest[:cached])
+                except OSError as exc:
+                    raise CheckpointError(f"{self.root / partition.file}: read failed: {exc.strerror}") from None
+                if cached == len(dest):
+                    return
+                offset, dest = offset + cached, dest[cached:]
         if direct_fd is not None and offset % ALIGNMENT == 0 and len(dest) % ALIGNMENT == 0 \
                 and buffer_address(dest) % ALIGNMENT == 0:
             try:
@@ -181,24 +209,24 @@ class LocalDirSource(CheckpointSource):
         except OSError as exc:
             raise CheckpointError(f"{self.root / partition.file}: read failed: {exc.strerror}") from None
 
-    def _read_cached(self, fd: int, offset: int, dest: memoryview) -> int:
-        """Read what the page cache holds from ``offset`` (whole pages; stops at the first miss)."""
-        done = 0
-        while done < len(dest):
-            try:
-                n = os.preadv(fd, [dest[done:]], offset + done, RWF_NOWAIT)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
-                    self.use_page_cache = False
-                break
-            if n <= 0:
-                break
-            done += n
-        if done < len(dest):
-            done -= done % ALIGNMENT  # the rest goes through O_DIRECT, which needs aligned offsets
-        return done
+    def _resident_prefix(self, partition: PartitionEntry, offset: int, nbytes: int) -> int:
+        """How many bytes from ``offset`` are in the page cache (whole pages), asked with
+        ``mincore`` on a mapping of the file: asking reads nothing (a read with RWF_NOWAIT
+        would start readahead) and costs one byte per page."""
+        mapping = self._maps.get(partition.file)
+        if mapping is None or offset % mmap.PAGESIZE:
+            return 0
+        nbytes = min(nbytes, len(mapping) - offset)
+        if nbytes <= 0:
+            return 0
+        pages = (nbytes + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+        vec = np.zeros(pages, dtype=np.uint8)
+        address = np.frombuffer(mapping, dtype=np.uint8, count=1, offset=offset).ctypes.data
+        if _mincore(ctypes.c_void_p(address), ctypes.c_size_t(nbytes), vec.ctypes.data_as(ctypes.c_void_p)) != 0:
+            return 0
+        missing = np.flatnonzero((vec & 1) == 0)
+        resident_pages = int(missing[0]) if missing.size else pages
+        return min(resident_pages * mmap.PAGESIZE, nbytes)
 
     def _read_fully(self, fd: int, partition: PartitionEntry, offset: int, dest: memoryview) -> None:
         done = 0

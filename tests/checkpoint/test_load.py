@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 from pathlib import Path
 
 import pytest
@@ -83,11 +84,23 @@ def test_module_with_tied_weights_converts_to_aliases(tiny_gpt2_dir: Path, tmp_p
     assert torch.equal(logits(model), logits(ref))
 
 
-@pytest.mark.parametrize(("threads", "chunk", "direct"), [(1, 1, True), (2, 8 << 20, True), (2, 64 << 20, False)])
-def test_read_into_options_give_identical_bytes(tiny_ckpt: Path, threads: int, chunk: int, direct: bool) -> None:
+@pytest.mark.parametrize(
+    ("threads", "chunk", "direct", "page_cache", "evict"),
+    [(1, 1, True, True, False), (2, 8 << 20, True, False, False), (2, 64 << 20, False, True, False),
+     (2, 1, True, True, True)],
+)
+def test_read_into_options_give_identical_bytes(
+    tiny_ckpt: Path, threads: int, chunk: int, direct: bool, page_cache: bool, evict: bool
+) -> None:
     index = read_index(tiny_ckpt)
+    if evict:  # not in the page cache: the RWF_NOWAIT probe misses and O_DIRECT reads the disk
+        for part in index.partitions:
+            fd = os.open(tiny_ckpt / part.file, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
     region = Region.allocate(checkpoint_nbytes(index))
-    stats = read_into(tiny_ckpt, index, region.buffer, threads=threads, chunk_bytes=chunk, direct_io=direct)
+    stats = read_into(tiny_ckpt, index, region.buffer, threads=threads, chunk_bytes=chunk, direct_io=direct,
+                      use_page_cache=page_cache)
     expected = b"".join((tiny_ckpt / p.file).read_bytes() for p in index.partitions)
     assert bytes(region.view(0, index.total_bytes)) == expected
     assert stats.nbytes == index.total_bytes
@@ -142,3 +155,21 @@ def test_local_source_describes_itself(tiny_ckpt: Path) -> None:
     source = LocalDirSource(tiny_ckpt)
     assert source.config_dir == tiny_ckpt
     assert source.index == read_index(tiny_ckpt)
+
+
+def test_module_with_odd_dtypes_and_views_round_trips(tmp_path: Path) -> None:
+    from faas_llm.checkpoint import convert
+
+    module = torch.nn.Module()
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    module.register_buffer("transposed", base.t())  # not contiguous
+    module.register_buffer("bf16", torch.linspace(-2, 2, 7).to(torch.bfloat16))
+    module.register_buffer("mask", torch.tensor([True, False, True]))
+    module.register_buffer("scalar", torch.tensor(3, dtype=torch.int64))
+    module.register_buffer("empty", torch.zeros(0, 5))
+    index = convert(module, tmp_path / "ck")
+    buffer = bytearray(checkpoint_nbytes(index))
+    read_into(tmp_path / "ck", index, buffer)
+    tensors = tensors_from_buffer(index, buffer)
+    for name, expected in module.state_dict().items():
+        assert tensors[name].dtype == expected.dtype and torch.equal(tensors[name], expected), name
