@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import time
+from typing import Any
 
 from faas_llm.settings import Settings
 
@@ -33,5 +34,25 @@ def prewarm(settings: Settings) -> float:
     _ = (transformers.AutoModelForCausalLM, transformers.AutoTokenizer, transformers.DynamicCache)
     if settings.runtime_torch_threads:
         torch.set_num_threads(settings.runtime_torch_threads)
-    torch.zeros(8) @ torch.zeros(8)  # initialise the intra-op thread pool
+    _exercise_kernels(torch)
     return time.perf_counter() - started
+
+
+def _exercise_kernels(torch: Any) -> None:
+    """Run each kind of kernel a decoder forward uses once, on tiny tensors: their first call pays
+    one-off set-up (thread pool, kernel dispatch, SDPA selection) that would otherwise land on the
+    first request's time to first token."""
+    import torch.nn.functional as F
+
+    with torch.inference_mode():
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.randn(1, 4, 8, 16, dtype=dtype)
+            F.scaled_dot_product_attention(x, x, x, is_causal=True)
+            h = torch.randn(1, 4, 64, dtype=dtype)
+            w = torch.randn(64, 64, dtype=dtype)
+            y = F.silu(F.linear(h, w)) * F.gelu(F.linear(h, w))
+            y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6)
+            F.layer_norm(y, (64,))
+            torch.softmax(y.float(), dim=-1)
+        F.embedding(torch.tensor([[1, 2]]), torch.randn(8, 4))
+        torch.multinomial(torch.ones(8), 1, generator=torch.Generator().manual_seed(0))
