@@ -168,8 +168,9 @@ class Invoker:
         self.publish()
         reports = read_reports(self.r, self.keys)
         self.expire_idle(reports)
-        if self.r.exists(self.keys.node_drain(self.settings.node_id)):  # faas-llm node drain
-            self.draining = True
+        # faas-llm node drain: no new work while the key exists; idle containers go
+        self.draining = self.stopping.is_set() or bool(self.r.exists(self.keys.node_drain(self.settings.node_id)))
+        if self.draining:
             for c in self.pool._live():
                 if c.state is ContainerState.IDLE:
                     self.pool.remove(c.id, graceful=True, only_if_idle=True)
