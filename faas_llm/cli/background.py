@@ -147,3 +147,21 @@ def drain(node_id: str, wait_s: float | None, redis_url: str | None, as_json: bo
         echo_json(outcome)
     else:
         click.echo(" ".join(f"{k}={v}" for k, v in outcome.items()))
+
+
+@node.command("undrain")
+@click.argument("node_id")
+@redis_url_option
+def undrain(node_id: str, redis_url: str | None) -> None:
+    """End the drain of NODE_ID: its invoker takes work again."""
+    import redis
+
+    from faas_llm.keys import Keys
+
+    settings = _settings(redis_url)
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_connect_timeout=3)
+    try:
+        client.delete(Keys(settings.key_prefix).node_drain(node_id))
+    finally:
+        client.close()
+    click.echo(f"node {node_id} takes work again")
