@@ -32,6 +32,8 @@ STREAM_FIELD = "invocation"
 TOKEN_FIELD = "chunk"
 #: the last chunk of a token stream carries this key (``{"done": true, ...}``)
 TOKENS_DONE = "done"
+#: longest single blocking Redis call (must stay below the client's socket timeout)
+BLOCK_SLICE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,12 @@ class ActivationStore:
         if record is not None or timeout_s <= 0:
             return record
         done = self.keys.activation_done(activation_id)
-        # BLMOVE back onto the same list leaves the signal in place for other waiters.
-        self.r.blmove(done, done, timeout=timeout_s, src="LEFT", dest="RIGHT")
+        deadline = time.monotonic() + timeout_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            # BLMOVE back onto the same list leaves the signal in place for other waiters. Block in
+            # slices shorter than any sane client socket timeout (redis-py's default is 5 s).
+            if self.r.blmove(done, done, timeout=min(remaining, BLOCK_SLICE_S), src="LEFT", dest="RIGHT"):
+                break
         return self.get(activation_id)
 
     def query(

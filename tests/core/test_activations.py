@@ -88,3 +88,13 @@ def test_token_stream_round_trip(redis_client: redis.Redis, keys: Keys) -> None:
     chunks = list(store.iter_tokens(aid, timeout_s=5))
     assert [c.data.get("text") for c in chunks] == ["he", "llo", None]
     assert chunks[-1].done
+
+
+def test_wait_longer_than_the_client_socket_timeout(redis_server, keys: Keys, redis_client: redis.Redis) -> None:
+    """A blocking wait must outlive a client whose socket times out sooner than the wait."""
+    aid = new_activation_id()
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=2.0)
+    threading.Timer(3.5, lambda: ActivationStore(redis_client, keys).complete(record(aid, 1))).start()
+    got = ActivationStore(client, keys).wait(aid, timeout_s=10)
+    client.close()
+    assert got is not None and got.activationId == aid
