@@ -123,7 +123,8 @@ class ContainerPool:
         try:
             self._start_runtime(container)
         except FaasLLMError as exc:
-            log.error("prewarm runtime %s failed to start: %s", container.id, exc.message)
+            (log.info if self.closed else log.error)("prewarm runtime %s failed to start: %s", container.id,
+                                                     exc.message)
             self._forget(container)
             return
         with container.lock:

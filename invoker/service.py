@@ -193,7 +193,10 @@ class Invoker:
             assert action is not None
             instances, _ = instances_of(reports, ns, name)
             instances = max(instances, len(self.pool.of_action(ns, name)))
-            for cid in scale_in(action.scaling, [IdleInstance(c.id, c.last_used) for c in idle], instances, now):
+            # a container just initialised gets a few heartbeats to pull its first invocation
+            floor = 2 * self.settings.heartbeat_interval_s
+            scaling = action.scaling.model_copy(update={"keep_alive": max(action.scaling.keep_alive, floor)})
+            for cid in scale_in(scaling, [IdleInstance(c.id, c.last_used) for c in idle], instances, now):
                 if self.pool.remove(cid, graceful=True, only_if_idle=True):
                     removed.append(cid)
         if removed:
