@@ -142,8 +142,9 @@ def _last_stream_ms(r: Any, keys: Keys, activation_id: str) -> int | None:
 class _Tracker:
     """A token sink that remembers what passed through (to resume from it) and forwards it."""
 
-    def __init__(self, sink: TokenSink | None) -> None:
+    def __init__(self, sink: TokenSink | None, on_first: Callable[[], None] | None = None) -> None:
         self.sink = sink
+        self.on_first = on_first
         self.tokens: list[int] = []
         self.chars = 0
         self.first_ms: int | None = None
@@ -152,6 +153,8 @@ class _Tracker:
         ids = [int(t) for t in chunk.get("token_ids") or []]
         if ids and self.first_ms is None:
             self.first_ms = now_ms()
+            if self.on_first is not None:
+                self.on_first()
         self.tokens.extend(ids)
         self.chars += len(chunk.get("text") or "")
         if self.sink is not None:
@@ -180,7 +183,7 @@ def continue_if_migrated(r: Any, keys: Keys, source: RunningRun, body: dict[str,
         dest, dest_url = plan["destination"], plan["dest_url"]
         stopped_ms = now_ms()
         last_ms = _last_stream_ms(r, keys, aid) if sink is not None else None
-        track = _Tracker(sink)
+        track = _Tracker(sink, lambda: r.hset(keys.migration(aid), mapping={"phase": RESUMED, "resumed_ms": now_ms()}))
         value = {"resume": state, "prefill_session": plan.get("session") or aid, "stream": True}
         register_run(r, keys, source.model_copy(update={"node": dest, "url": dest_url, "container": "migrated"}),
                      moved_from=source.node)
@@ -196,8 +199,7 @@ def continue_if_migrated(r: Any, keys: Keys, source: RunningRun, body: dict[str,
             info["pause_ms"] = track.first_ms - (last_ms if last_ms is not None else stopped_ms)
         if error is None and next_outcome is not None:
             nodes.append(dest)
-            r.hset(keys.migration(aid), mapping={"phase": RESUMED, "resumed_ms": now_ms(),
-                                                  "pause_ms": info.get("pause_ms", "")})
+            r.hset(keys.migration(aid), mapping={"phase": RESUMED, "pause_ms": info.get("pause_ms", "")})
             outcome = next_outcome
             state = _migrated_state(outcome)  # migrated again, from B onwards
             continue
