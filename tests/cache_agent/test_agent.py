@@ -198,6 +198,11 @@ def test_inventory_in_redis_with_ttl(
     assert inventory.dram.read_bandwidth > 0 and inventory.ssd.read_bandwidth > 0
     assert inventory.registry_bandwidth > 0
     assert 0 < redis_client.pttl(key) <= 3000
+    registry.push(tiny_ckpt, "org/inv2")
+    assert client.prefetch("org/inv2", "dram").done is False  # queued; loads in the background
+    wait_for(lambda: {e.key for e in client.status().dram} == {"org/inv@1", "org/inv2@1"})
+    wait_for(lambda: CacheInventory.model_validate_json(redis_client.get(key)).dram.models  # type: ignore[arg-type]
+             == ["org/inv", "org/inv2"])
     lease.release()
     client.close()
     agent.stop()
