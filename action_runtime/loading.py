@@ -9,16 +9,19 @@
 - ``hf``: a Hugging Face model directory, through ``from_pretrained(local_files_only=True)``;
 - a registry name goes to the node's cache agent first (:class:`~faas_llm.cache_client.CacheClient`:
   zero-copy from its DRAM pool, tier ``dram`` / ``ssd`` / ``registry`` as the agent reports; with the
-  agent down, the newest SSD copy, tier ``local``); with no agent and no SSD copy, it is resolved to
-  ``<registry dir>/<name>`` of a ``file://`` registry and loaded with the directory sources above
-  (tier ``registry``).
+  agent down, the newest SSD copy, tier ``local``); with no agent and no SSD copy (Knative), the
+  registry's own API (:mod:`faas_llm.registry`) resolves the latest version, read in place from a
+  ``file://`` registry or fetched once from an object store into ``<node dir>/registry-fetch``, and
+  loaded with the directory sources above (tier ``registry``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
-from faas_llm.errors import CacheAgentError, CheckpointError, InitError, RegistryError
+from faas_llm.errors import CacheAgentError, CheckpointError, InitError, NotFoundError, RegistryError
 from faas_llm.settings import Settings
 from faas_llm.types import LoadTier, ModelName
 
@@ -141,10 +144,33 @@ def default_sources() -> list[ModelSource]:
     return [CheckpointSource(), HFDirSource()]
 
 
-def registry_dir(settings: Settings) -> Path | None:
-    """The local directory of a ``file://`` registry (``None`` for an object store)."""
-    url = settings.registry
-    return Path(url.removeprefix("file://")) if url.startswith("file://") else None
+def registry_checkpoint(name: str, settings: Settings) -> Path:
+    """A local directory with the latest version of registry model ``name``, found through the
+    registry's API: its own directory in a ``file://`` registry, else a copy fetched once."""
+    from faas_llm.registry import name_parts, open_registry
+
+    registry = open_registry(settings)
+    try:
+        version = registry.resolve(name)
+    except NotFoundError:
+        raise RegistryError(f"model {name!r} is not in the registry {registry.url}") from None
+    local = registry.local_dir(version)
+    if local is not None:
+        return local
+    org, base = name_parts(name)
+    dest = settings.node_dir / "registry-fetch" / org / base / f"{version.version:06d}"
+    if not dest.is_dir():
+        partial = dest.with_name(f"{dest.name}.{uuid.uuid4().hex}.partial")
+        partial.mkdir(parents=True)
+        try:
+            registry.fetch(version, partial)
+            partial.rename(dest)
+        except OSError:
+            if not dest.is_dir():  # else a concurrent fetch of the same version won the rename
+                raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    return dest
 
 
 def resolve(spec: ModelSpec, settings: Settings) -> tuple[Path, LoadTier]:
@@ -154,16 +180,7 @@ def resolve(spec: ModelSpec, settings: Settings) -> tuple[Path, LoadTier]:
         if not path.is_dir():
             raise InitError(f"checkpoint {spec.checkpoint!r} is not a directory")
         return path, LoadTier.LOCAL
-    root = registry_dir(settings)
-    if root is None:
-        raise RegistryError(
-            f"model {spec.model!r}: the registry {settings.registry} is remote; it is reached through the "
-            "node's cache agent, and this runtime has none"
-        )
-    path = root / str(spec.model)
-    if not path.is_dir():
-        raise RegistryError(f"model {spec.model!r} is not in the registry {settings.registry}")
-    return path, LoadTier.REGISTRY
+    return registry_checkpoint(str(spec.model), settings), LoadTier.REGISTRY
 
 
 def load_from_cache_agent(name: str, settings: Settings) -> LoadedModel:

@@ -138,6 +138,11 @@ class Registry(ABC):
     def fetch(self, version: ModelVersion, dest: Path, progress: Progress | None = None) -> None:
         """Copy a version's files into ``dest`` (an existing, empty directory)."""
 
+    def local_dir(self, version: ModelVersion) -> Path | None:
+        """The directory holding ``version``'s files when this registry is a file system this process
+        can read (read them in place, never write there); ``None`` when they must be fetched."""
+        return None
+
     def resolve(self, name: str, version: int | None = None) -> ModelVersion:
         """The manifest of ``name`` at ``version`` (default: the latest); NotFoundError if absent."""
         validate_name(name)

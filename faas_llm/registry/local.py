@@ -138,9 +138,12 @@ class FileRegistry(Registry):
             with contextlib.suppress(OSError):
                 empty.rmdir()  # only succeeds once nothing is left
 
-    def fetch(self, version: ModelVersion, dest: Path, progress: Progress | None = None) -> None:
+    def local_dir(self, version: ModelVersion) -> Path:
         org, base = name_parts(version.name)
-        src = self._model_dir(org, base) / version.data
+        return self._model_dir(org, base) / version.data
+
+    def fetch(self, version: ModelVersion, dest: Path, progress: Progress | None = None) -> None:
+        src = self.local_dir(version)
         try:
             for f in version.files:
                 target = dest / f.path

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from action_runtime.app import create_app
+from faas_llm.registry.local import FileRegistry
 from faas_llm.settings import Settings
 
 HANDLER = """
@@ -54,9 +55,8 @@ def test_failed_init_can_be_retried_and_run_needs_init(tmp_path: Path, tiny_mode
 
 
 def test_registry_model_loads_with_registry_tier(tmp_path: Path, tiny_model_dir: Path) -> None:
-    settings = Settings(data_dir=tmp_path)
-    (tmp_path / "registry" / "demo").mkdir(parents=True)
-    (tmp_path / "registry" / "demo" / "tiny").symlink_to(tiny_model_dir, target_is_directory=True)
+    settings = Settings(data_dir=tmp_path)  # no cache agent, no SSD copy: the registry is read in place
+    FileRegistry(tmp_path / "registry").push(tiny_model_dir, "demo/tiny")
     client = create_app(settings, do_prewarm=False).test_client()
     init = client.post("/init", json={"value": {"model": "demo/tiny"}})
     assert init.status_code == 200 and init.json["load_tier"] == "registry" and init.json["model"] == "demo/tiny"

@@ -68,3 +68,32 @@ def test_registry_model_through_the_cache_agent(agent: Settings, tiny_model_dir:
     assert warm["load_tier"] == "dram"  # the second instance maps the agent's DRAM copy
     assert first["token_ids"] == second["token_ids"] == reference["token_ids"]
     assert second["model"] == "demo/tiny" and second["timings"]["load_tier"] == "dram"
+
+
+def test_registry_model_without_an_agent_from_an_object_store(tmp_path: Path, tiny_checkpoint: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """No cache agent (Knative): the registry's API finds the latest version and the runtime fetches it once."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from faas_llm.registry import open_registry
+
+    for var, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(var, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="runtime-models")
+        settings = Settings(data_dir=tmp_path, registry_url="s3://runtime-models/faas", s3_endpoint_url=endpoint,
+                            loader_direct_io=False)
+        open_registry(settings).push(tiny_checkpoint, "demo/tiny")
+        _, reference = init_and_run(settings, {"checkpoint": str(tiny_checkpoint)})
+        init, result = init_and_run(settings, {"model": "demo/tiny"})
+        assert init["source"] == "faas-llm" and init["load_tier"] == "registry"
+        assert result["token_ids"] == reference["token_ids"]
+        assert (settings.node_dir / "registry-fetch" / "demo" / "tiny" / "000001" / "index.json").is_file()
+    finally:
+        server.stop()

@@ -29,6 +29,7 @@ from faas_llm.errors import (
     RequestError,
 )
 from faas_llm.genparams import GenerationState, SamplingParams, parse_generation_params
+from faas_llm.registry.local import FileRegistry
 from faas_llm.settings import Settings
 from faas_llm.types import LoadTier, parse
 
@@ -236,14 +237,17 @@ def test_model_spec_resolution(tmp_path: Path) -> None:
         resolve(ModelSpec(checkpoint=str(tmp_path / "missing")), settings)
     with pytest.raises(RegistryError, match="not in the registry"):
         resolve(ModelSpec(model="org/absent"), settings)
-    (tmp_path / "registry" / "org" / "there").mkdir(parents=True)
-    assert resolve(ModelSpec(model="org/there"), settings) == (tmp_path / "registry" / "org" / "there",
-                                                                LoadTier.REGISTRY)
+    (tmp_path / "registry" / "org" / "there").mkdir(parents=True)  # a directory is not a pushed version
+    with pytest.raises(RegistryError, match="not in the registry"):
+        resolve(ModelSpec(model="org/there"), settings)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "config.json").write_text("{}")
+    registry = FileRegistry(tmp_path / "registry")
+    pushed = registry.push(tmp_path / "src", "org/pushed")
+    assert resolve(ModelSpec(model="org/pushed"), settings) == (registry.local_dir(pushed), LoadTier.REGISTRY)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(InitError, match="holds no model"):
-        load_model(ModelSpec(model="org/there"), settings)
-    remote = Settings(data_dir=tmp_path, registry_url="s3://bucket/models")
-    with pytest.raises(RegistryError, match="cache agent"):
-        resolve(ModelSpec(model="m"), remote)
+        load_model(ModelSpec(checkpoint=str(tmp_path / "empty")), settings)
 
 
 def test_runtime_model_setting_is_a_path_or_a_name() -> None:
