@@ -174,9 +174,9 @@ class ActivationStore:
         return entry.decode() if isinstance(entry, bytes) else str(entry)
 
     def read_tokens(self, activation_id: str, after: str = "0", block_ms: int = 1000) -> list[TokenChunk]:
-        """Chunks after entry id ``after``, waiting up to ``block_ms`` for the first one."""
+        """Chunks after entry id ``after``, waiting up to ``block_ms`` (at most one slice) for the first one."""
         key = self.keys.activation_tokens(activation_id)
-        resp = self.r.xread({key: after}, count=256, block=block_ms)
+        resp = self.r.xread({key: after}, count=256, block=min(block_ms, int(BLOCK_SLICE_S * 1000)))
         out: list[TokenChunk] = []
         for _stream, entries in resp or []:
             for entry_id, fields in entries:

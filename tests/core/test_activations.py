@@ -98,3 +98,12 @@ def test_wait_longer_than_the_client_socket_timeout(redis_server, keys: Keys, re
     got = ActivationStore(client, keys).wait(aid, timeout_s=10)
     client.close()
     assert got is not None and got.activationId == aid
+
+
+def test_token_read_blocks_less_than_the_client_socket_timeout(redis_server, keys: Keys) -> None:
+    """A long ``block_ms`` on a token stream is cut to one slice instead of timing the socket out."""
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=1.5)
+    try:
+        assert ActivationStore(client, keys).read_tokens(new_activation_id(), block_ms=10_000) == []
+    finally:
+        client.close()
