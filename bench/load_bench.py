@@ -48,6 +48,7 @@ CASES: dict[str, str] = {
     "dd iflag=direct bs=16M": "bytes",
     "faas-llm load_model": "model",
     "faas-llm load_model (O_DIRECT only)": "model",
+    "faas-llm load_model (mapped if cached)": "model",
     "safetensors load_file": "tensors",
     "from_pretrained": "model",
     "torch.load": "tensors",
@@ -196,8 +197,10 @@ def _run_case(case: str) -> dict[str, Any]:
             from faas_llm.checkpoint import LocalDirSource
 
             model, stats = load_model(LocalDirSource(CKPT_DIR, use_page_cache=False), pool=pool, settings=settings)
-        else:
+        elif "mapped" in case:  # the default: a checkpoint wholly in the page cache is mapped, not copied
             model, stats = load_model(CKPT_DIR, pool=pool, settings=settings)
+        else:  # always into the pre-faulted pool
+            model, stats = load_model(CKPT_DIR, pool=pool, settings=settings, map_cached=False)
         tensors = model.state_dict()
         result.update(read_s=stats.read_seconds, direct_io=stats.direct_io)
     elif case == "safetensors load_file":
@@ -319,7 +322,7 @@ def child(case: str, mode: str) -> None:
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     paths = [str(ROOT)] + ([str(PEERS_SITE)] if PEERS_SITE.is_dir() else [])
-    env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     return env
 
@@ -382,25 +385,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cases", default="", help="comma-separated subset of cases (default: all)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the chunk size x threads sweep")
+    parser.add_argument("--no-dram", action="store_true", help="skip the shared-memory (DRAM tier) cases")
+    parser.add_argument("--modes", default="cold,warm", help="which of cold,warm to run")
+    parser.add_argument("--runs-log", type=Path, default=OUT / "load_bench_runs.jsonl",
+                        help="every run is appended here as it finishes")
+    parser.add_argument("--report-only", action="store_true", help="report the runs already in --runs-log")
     args = parser.parse_args(argv)
     if args.child:
         child(args.child, args.mode)
         return
 
+    if args.report_only:
+        report(*_read_runs(args.runs_log), {}, args)
+        return
+    args.runs_log.parent.mkdir(parents=True, exist_ok=True)
+    args.runs_log.write_text("")
     notes = prepare()
     cases = [c for c in CASES if not args.cases or c in args.cases.split(",")]
     raw: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for rep in range(args.repeats):
-        for mode in ("cold", "warm"):
+        for mode in args.modes.split(","):
             for case in cases:
                 if mode == "warm" and case.startswith(("disk", "dd")):
                     continue  # O_DIRECT never uses the page cache: warm = cold
-                if mode == "cold" and "O_DIRECT only" in case:
+                if mode == "cold" and ("O_DIRECT only" in case or "mapped" in case):
                     continue  # identical to load_model when nothing is cached
                 if case == "tensorizer" and "tensorizer" in notes:
                     continue
                 res = spawn(case, mode)
                 raw.setdefault((case, mode), []).append(res)
+                _log_run(args.runs_log, {"case": case, "mode": mode, **res})
                 shown = res.get("error") or f"{res['seconds']:.2f} s"
                 print(f"[{rep + 1}/{args.repeats}] {mode:4} {case:38} {shown}", flush=True)
 
@@ -409,9 +423,14 @@ def main(argv: list[str] | None = None) -> None:
         for rep in range(args.repeats):
             res = spawn("sweep", "cold")
             sweep_runs.append(res)
-            print(f"[{rep + 1}/{args.repeats}] sweep {'error ' + res['error'] if 'error' in res else 'done'}", flush=True)
+            _log_run(args.runs_log, {"case": "sweep", "mode": "cold", **res})
+            status = "error " + res["error"] if "error" in res else "done"
+            print(f"[{rep + 1}/{args.repeats}] sweep {status}", flush=True)
 
     dram_runs: dict[str, list[dict[str, Any]]] = {}
+    if args.no_dram:
+        report(raw, sweep_runs, dram_runs, notes, args)
+        return
     seg_name = f"faas-llm-bench-{os.getpid()}"
     from faas_llm.checkpoint import SharedRegion, read_index, read_into
 
@@ -423,6 +442,7 @@ def main(argv: list[str] | None = None) -> None:
             for case in ("dram populate", "dram nopopulate"):
                 res = spawn(case, "warm", {"FAAS_LLM_BENCH_SEGMENT": seg_name})
                 dram_runs.setdefault(case, []).append(res)
+                _log_run(args.runs_log, {"case": case, "mode": "warm", **res})
                 print(f"[{rep + 1}/{args.repeats}] {case}: {res.get('error') or format(res['seconds'], '.3f')}",
                       flush=True)
     finally:
@@ -430,6 +450,28 @@ def main(argv: list[str] | None = None) -> None:
         segment.close()
 
     report(raw, sweep_runs, dram_runs, notes, args)
+
+
+def _log_run(path: Path, run: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(run) + "\n")
+
+
+def _read_runs(path: Path) -> tuple[dict[tuple[str, str], list[dict[str, Any]]], list[dict[str, Any]],
+                                    dict[str, list[dict[str, Any]]]]:
+    raw: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    sweep: list[dict[str, Any]] = []
+    dram: dict[str, list[dict[str, Any]]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        run = json.loads(line)
+        case, mode = run.pop("case"), run.pop("mode")
+        if case == "sweep":
+            sweep.append(run)
+        elif case.startswith("dram"):
+            dram.setdefault(case, []).append(run)
+        else:
+            raw.setdefault((case, mode), []).append(run)
+    return raw, sweep, dram
 
 
 def report(raw: dict[tuple[str, str], list[dict[str, Any]]], sweep_runs: list[dict[str, Any]],

@@ -22,9 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from faas_llm.checkpoint.format import CheckpointIndex
+from faas_llm.checkpoint.mapped import fully_cached, map_partitions
 from faas_llm.checkpoint.reader import LoadStats, read_into
 from faas_llm.checkpoint.region import Region, RegionPool, default_pool
-from faas_llm.checkpoint.sources import CheckpointSource, as_source
+from faas_llm.checkpoint.sources import CheckpointSource, LocalDirSource, as_source
 from faas_llm.checkpoint.tensors import region_tensor, tensors_from_region
 from faas_llm.errors import CheckpointError
 
@@ -146,6 +148,7 @@ def load_model(
     settings: Any = None,
     verify: bool = True,
     pool: RegionPool | None = None,
+    map_cached: bool = True,
 ) -> tuple[nn.Module, LoadStats]:
     """Load a checkpoint into a ready model in one call.
 
@@ -154,7 +157,9 @@ def load_model(
     ``pool`` (default: the process-wide pool), given back when the model is collected. The
     skeleton is built while the reads are in flight. ``settings`` (a Settings) supplies the
     chunk size, threads and O_DIRECT switch. ``device`` other than CPU goes through
-    :func:`faas_llm.checkpoint.gpu.load_to_device`.
+    :func:`faas_llm.checkpoint.gpu.load_to_device`. With ``map_cached`` and no ``region``, a
+    local checkpoint that is entirely in the page cache is mapped instead of copied
+    (:mod:`faas_llm.checkpoint.mapped`; verified all the same).
     """
     if torch.device(device).type != "cpu":
         from faas_llm.checkpoint.gpu import load_model_to_device
@@ -167,6 +172,11 @@ def load_model(
     config_dir = source.config_dir
     if config_dir is None:
         raise CheckpointError(f"{source.description}: no directory with the model's config.json")
+    if region is None and map_cached and isinstance(source, LocalDirSource):
+        with source:
+            cached = fully_cached(source)
+        if cached:
+            return _load_mapped(source, index, config_dir, verify, started, settings)
     taken: Region | None = None
     if region is None:
         pool = pool or default_pool()
@@ -175,17 +185,7 @@ def load_model(
     else:
         dest = region.buffer if isinstance(region, Region) else memoryview(region)
     try:
-        skeleton: list[nn.Module] = []
-        failure: list[BaseException] = []
-
-        def build() -> None:
-            try:
-                skeleton.append(build_skeleton(config_dir))
-            except BaseException as exc:
-                failure.append(exc)
-
-        builder = threading.Thread(target=build, name="ckpt-skeleton", daemon=True)
-        builder.start()
+        builder, skeleton, failure = _build_in_background(config_dir)
         try:
             stats = read_into(source, index, dest, verify=verify, **_reader_options(settings))
         finally:
@@ -203,6 +203,40 @@ def load_model(
         weakref.finalize(model, pool.give_back, taken)
     stats.build_seconds = time.perf_counter() - build_started
     stats.total_seconds = time.perf_counter() - started
+    return model, stats
+
+
+def _build_in_background(config_dir: Path) -> tuple[threading.Thread, list[nn.Module], list[BaseException]]:
+    skeleton: list[nn.Module] = []
+    failure: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            skeleton.append(build_skeleton(config_dir))
+        except BaseException as exc:
+            failure.append(exc)
+
+    builder = threading.Thread(target=build, name="ckpt-skeleton", daemon=True)
+    builder.start()
+    return builder, skeleton, failure
+
+
+def _load_mapped(source: LocalDirSource, index: CheckpointIndex, config_dir: Path, verify: bool, started: float,
+                 settings: Any) -> tuple[nn.Module, LoadStats]:
+    builder, skeleton, failure = _build_in_background(config_dir)
+    try:
+        tensors = map_partitions(source, index, verify=verify,
+                                 threads=settings.loader_threads if settings is not None else 2)
+    finally:
+        builder.join()
+    if failure:
+        raise failure[0]
+    read_done = time.perf_counter()
+    model = assign_tensors(skeleton[0], tensors, where=source.description)
+    done = time.perf_counter()
+    stats = LoadStats(nbytes=index.total_bytes, read_seconds=read_done - started, build_seconds=done - read_done,
+                      total_seconds=done - started, verified=verify, direct_io=False, threads=1, chunk_bytes=0,
+                      source=f"{source.description} (page cache, mapped)", extra={"mapped": 1.0})
     return model, stats
 
 

@@ -181,7 +181,7 @@ class LocalDirSource(CheckpointSource):
         if direct_fd is not None and self.use_page_cache:
             # Bytes already in the page cache are copied from there (memory speed); O_DIRECT
             # reads the rest from the disk.
-            cached = self._resident_prefix(partition, offset, len(dest))
+            cached = self.resident_prefix(partition, offset, len(dest))
             if cached:
                 try:
                     self._read_fully(self._buffered_fds[partition.file], partition, offset, dest[:cached])
@@ -209,7 +209,7 @@ class LocalDirSource(CheckpointSource):
         except OSError as exc:
             raise CheckpointError(f"{self.root / partition.file}: read failed: {exc.strerror}") from None
 
-    def _resident_prefix(self, partition: PartitionEntry, offset: int, nbytes: int) -> int:
+    def resident_prefix(self, partition: PartitionEntry, offset: int, nbytes: int) -> int:
         """How many bytes from ``offset`` are in the page cache (whole pages), asked with
         ``mincore`` on a mapping of the file: asking reads nothing (a read with RWF_NOWAIT
         would start readahead) and costs one byte per page."""

@@ -38,7 +38,7 @@ def test_logits_bit_identical_to_from_pretrained(
     request: pytest.FixtureRequest, ckpt: str, model_dir: str, dtype: torch.dtype
 ) -> None:
     ckpt_dir: Path = request.getfixturevalue(ckpt)
-    model, stats = load_model(ckpt_dir, pool=RegionPool())
+    model, stats = load_model(ckpt_dir, pool=RegionPool(), map_cached=False)
     ref = reference(request.getfixturevalue(model_dir))
     assert next(model.parameters()).dtype == dtype
     assert not model.training
@@ -134,19 +134,19 @@ def test_pool_reuses_a_region_once_the_model_is_gone(tiny_ckpt: Path) -> None:
     pool = RegionPool()
     pool.reserve(checkpoint_nbytes(read_index(tiny_ckpt)))
     assert pool.free_bytes > 0
-    model, _ = load_model(tiny_ckpt, pool=pool)
+    model, _ = load_model(tiny_ckpt, pool=pool, map_cached=False)
     assert pool.free_bytes == 0  # the reserved region is in use
     address = next(model.parameters()).data_ptr()
     del model
     gc.collect()
     assert pool.free_bytes > 0
-    again, _ = load_model(tiny_ckpt, pool=pool)
+    again, _ = load_model(tiny_ckpt, pool=pool, map_cached=False)
     assert next(again.parameters()).data_ptr() == address
 
 
 def test_settings_choose_reader_options(tiny_ckpt: Path, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, loader_threads=1, loader_chunk_bytes=1 << 20, loader_direct_io=False)
-    _, stats = load_model(tiny_ckpt, settings=settings, pool=RegionPool())
+    _, stats = load_model(tiny_ckpt, settings=settings, pool=RegionPool(), map_cached=False)
     assert stats.threads == 1 and not stats.direct_io
     assert stats.chunk_bytes == read_index(tiny_ckpt).checksum_block  # rounded up to whole checksum blocks
 
