@@ -33,6 +33,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "preload_app": False,
         "proc_name": "faas-llm-gateway",
         "limit_request_line": 8190,
+        "control_socket_disable": True,  # gunicorn 25+: one ~/.gunicorn socket would clash across gateways
     }
 
 
