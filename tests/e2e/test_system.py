@@ -1,0 +1,169 @@
+"""The whole system, end to end, as a user runs it: a real ``faas-llm up`` (embedded Redis, gateway
+under gunicorn, invoker with process containers, cache agent, Celery worker), the tiny demo model
+pushed with ``faas-llm model push``, and actions invoked through the CLI, the OpenWhisk API and the
+official OpenAI client.
+
+The tests share one cluster and run in order: the first cold start must find the model only in the
+registry, and later ones find it in the cache agent's DRAM.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import openai
+import pytest
+import redis
+
+from faas_llm.activations import ActivationStore
+from faas_llm.keys import Keys
+from faas_llm.properties import read_properties
+from faas_llm.types import ActivationRecord, LoadTier
+from tests.cli.conftest import Cli, UpCluster, cli_env, start_up, stop_up
+
+pytestmark = pytest.mark.slow
+
+MODEL = "tiny-llama"
+PROMPT = "The serverless platform"
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 60.0, every_s: float = 0.2) -> T:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = probe()
+        if got:
+            return got
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[UpCluster]:
+    home = tmp_path_factory.mktemp("e2e-home")
+    # A small DRAM pool: the tiny model needs ~1 MB, and pre-faulting 4 GiB would only cost time.
+    cli = Cli(cli_env(home, FAAS_LLM_DRAM_CAPACITY_BYTES=str(64 * 1024 * 1024)), home)
+    up = start_up(cli)
+    try:
+        pushed = cli.ok("model", "push", str(tiny_model_dir), "--name", MODEL, timeout=180).out
+        assert re.search(rf"pushed {MODEL} version 1 ", pushed), pushed
+        yield up
+    finally:
+        stop_up(up)
+
+
+@pytest.fixture(scope="module")
+def store(cluster: UpCluster) -> Iterator[ActivationStore]:
+    client = redis.Redis.from_url(cluster.state["redis_url"], decode_responses=True)
+    try:
+        yield ActivationStore(client, Keys("faas"))
+    finally:
+        client.close()
+
+
+def invoke_blocking(cli: Cli, action: str, **params: Any) -> ActivationRecord:
+    args = [arg for key, value in {"prompt": PROMPT, **params}.items() for arg in ("-p", key, json.dumps(value))]
+    out = cli.ok("action", "invoke", action, *args, "--blocking", timeout=180).out
+    return ActivationRecord.model_validate_json(out[out.index("{"):])
+
+
+def annotation(record: ActivationRecord, key: str) -> Any:
+    return next((a.value for a in record.annotations if a.key == key), None)
+
+
+def containers_of(cli: Cli, action: str) -> list[str]:
+    status = cli.ok("cluster", "status", "--json").json()
+    return [c["id"] for node in status["nodes"] for c in node["containers"] if c.get("action") == action]
+
+
+def assert_timings(record: ActivationRecord) -> None:
+    assert record.response.success, record.response
+    assert record.node == "node0"
+    assert record.timeToFirstToken is not None and record.timeToFirstToken > 0
+    assert isinstance(annotation(record, "waitTime"), int)
+    assert record.response.result is not None and record.response.result["usage"]["completion_tokens"] > 0
+
+
+def test_cold_start_from_the_registry_then_warm_on_the_same_container(cluster: UpCluster) -> None:
+    cli = cluster.cli
+    cli.ok("action", "create", "hello", "--model", MODEL, "-p", "max_tokens", "12")
+
+    cold = invoke_blocking(cli, "hello")
+    assert_timings(cold)
+    assert cold.coldStart is True
+    assert cold.loadTier == LoadTier.REGISTRY  # a fresh cluster: only the registry holds the model
+    assert cold.loadTime is not None and cold.loadTime > 0
+    assert isinstance(annotation(cold, "initTime"), int)
+    [container] = containers_of(cli, "hello")
+
+    warm = invoke_blocking(cli, "hello")
+    assert_timings(warm)
+    assert warm.coldStart is False and warm.loadTier == LoadTier.WARM and not warm.loadTime
+    assert annotation(warm, "initTime") is None
+    assert containers_of(cli, "hello") == [container]
+
+    compared = cli.ok("activation", "compare", cold.activationId, warm.activationId).out
+    assert re.search(r"start kind\s+cold\s+warm", compared), compared
+    assert re.search(r"load tier\s+registry\s+warm", compared), compared
+
+
+def test_stream_first_chunk_arrives_before_the_record_is_stored(cluster: UpCluster,
+                                                                store: ActivationStore) -> None:
+    key = read_properties(cluster.cli.home / "props")["AUTH"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        client = openai.OpenAI(base_url=f"{cluster.apihost}/v1", api_key=key, max_retries=0, timeout=120)
+    stored_at_first_chunk: bool | None = None
+    text = ""
+    try:
+        with client.chat.completions.with_streaming_response.create(
+            model="hello", messages=[{"role": "user", "content": PROMPT}], max_tokens=400, stream=True,
+        ) as response:
+            activation_id = response.headers["x-openwhisk-activation-id"]
+            for chunk in response.parse():
+                content = chunk.choices[0].delta.content if chunk.choices else None
+                if content and stored_at_first_chunk is None:
+                    stored_at_first_chunk = store.get(activation_id) is not None
+                text += content or ""
+    finally:
+        client.close()
+    assert stored_at_first_chunk is False, "the first token came only after the activation had finished"
+    record = wait_for("the streamed activation's record", lambda: store.get(activation_id))
+    assert record.response.success and record.response.result is not None
+    assert record.response.result["text"] == text
+
+
+def test_second_cold_start_maps_the_dram_copy(cluster: UpCluster) -> None:
+    cli = cluster.cli
+    cli.ok("action", "create", "brief", "--model", MODEL, "-p", "max_tokens", "4", "--keep-alive", "1")
+    first = invoke_blocking(cli, "brief")
+    assert first.coldStart is True
+    wait_for("the idle container to be removed", lambda: not containers_of(cli, "brief"), timeout_s=60)
+    again = invoke_blocking(cli, "brief")
+    assert_timings(again)
+    assert again.coldStart is True and again.loadTier == LoadTier.DRAM
+    assert again.loadTime is not None and again.loadTime > 0
+
+
+def test_non_blocking_invoke_then_activation_get(cluster: UpCluster) -> None:
+    cli = cluster.cli
+    out = cli.ok("action", "invoke", "hello", "-p", "prompt", PROMPT).out
+    match = re.search(r"with id ([0-9a-f]{32})", out)
+    assert match, out
+    activation_id = match.group(1)
+
+    def fetched() -> dict[str, Any] | None:
+        got = cli("activation", "get", activation_id, "--json")
+        return json.loads(got.out) if got.code == 0 else None
+
+    record = ActivationRecord.model_validate(wait_for("the activation record", fetched))
+    assert record.activationId == activation_id and record.name == "hello"
+    assert_timings(record)
+    result = cli.ok("activation", "result", activation_id).out
+    assert record.response.result is not None and json.loads(result)["text"] == record.response.result["text"]
