@@ -22,9 +22,11 @@ from faas_llm.activations import ActivationStore
 from faas_llm.celery_app import create_celery, send_drain
 from faas_llm.migration import ABORTED, FAILED, FELL_BACK, RESUMED, Coordinator, running
 from faas_llm.redis_server import RedisServer
+from faas_llm.registry import FileRegistry
+from faas_llm.registry.push import push_model
 from faas_llm.settings import Settings
 from tests.celery.conftest import WorkerProcess
-from tests.invoker.cluster_harness import Cluster, annotation, link_models, wait_for
+from tests.invoker.cluster_harness import Cluster, annotation, wait_for
 
 pytestmark = pytest.mark.slow
 DB = 8
@@ -37,7 +39,7 @@ PARAMS = {"prompt": "the quick brown fox", "max_tokens": MAX_TOKENS, "temperatur
 def cluster(redis_server: RedisServer, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("migration-cluster")
-    link_models(root / "registry", tiny_model_dir, ["tiny"])
+    push_model(FileRegistry(root / "registry"), tiny_model_dir, "tiny", work_dir=root / "push")
     url = redis_server.url.rsplit("/", 1)[0] + f"/{DB}"
     redis.Redis.from_url(url).flushdb()
     base = Settings(
@@ -174,10 +176,14 @@ def test_destination_dying_mid_resume_falls_back_to_the_source(
     for node in ("node-a", "node-b"):  # undo the drain of the previous test
         cluster.r.delete(cluster.keys.node_drain(node))
         wait_for(f"{node} to take work", lambda n=node: (rep := cluster.report(n)) is not None and not rep.draining, 10)
-        if not any(n == node for n, _ in cluster.containers_of("gen")):
+
+    def warm_everywhere() -> bool:
+        idle = {n for n, ci in cluster.containers_of("gen") if ci.state.value == "idle"}
+        for node in {"node-a", "node-b"} - idle - {n for n, _ in cluster.containers_of("gen")}:
             cluster.r.xadd(cluster.keys.node_starts(node), {"request": START_GEN})
-    wait_for("warm containers on both nodes again", lambda: {
-        n for n, ci in cluster.containers_of("gen") if ci.state.value == "idle"} == {"node-a", "node-b"}, 90)
+        return idle == {"node-a", "node-b"}
+
+    wait_for("warm containers on both nodes again", warm_everywhere, 90, 1.0)
     aid, source = start(cluster, stream=True)
     dest = other(source)
     dest_url = next(ci.url for n, ci in cluster.containers_of("gen") if n == dest)
