@@ -4,10 +4,10 @@ Cases (the bench model, ~2.6 GB fp16; a real cache-agent process, a real client 
 
 - ``dram hit``: the checkpoint is in the agent's shared-memory pool; the client maps it
   (no copy) and builds the model on it;
-- ``ssd hit``: a restarted agent (DRAM empty, SSD tier re-indexed) reads it with O_DIRECT
-  into its pool, verifying checksums, then the client maps it;
-- ``registry miss``: empty tiers; the agent copies it from the file:// registry into SSD,
-  verifies it, reads it into DRAM;
+- ``ssd hit``: evicted from DRAM first; the agent reads it with O_DIRECT into its pool,
+  verifying checksums, then the client maps it;
+- ``registry miss``: evicted from both tiers first; the agent copies it from the file://
+  registry into SSD, verifies it, reads it into DRAM;
 
 next to the peers measured in the same run: the checkpoint loader on the SSD copy
 (``faas_llm.checkpoint.load_model``, the loader's cold figure: O_DIRECT reads bypass the page
@@ -161,6 +161,7 @@ def main() -> None:
         worker_main()
         return
 
+    from faas_llm.cache_client import CacheClient
     from faas_llm.checkpoint import INDEX_FILE, convert, read_index
     from faas_llm.redis_server import RedisServer
     from faas_llm.registry import FileRegistry
@@ -176,6 +177,7 @@ def main() -> None:
     index = read_index(ckpt)
     args.work.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    raw: dict[str, Any] = {}
 
     registry = FileRegistry(args.work / "registry")
     if not registry.versions(MODEL):
@@ -197,18 +199,14 @@ def main() -> None:
         json.loads(worker.proc.stdout.readline())  # prewarmed: torch and transformers imported
         samples: dict[str, list[dict[str, Any]]] = {"registry miss": [], "ssd hit": [], "dram hit": []}
         loader: list[dict[str, Any]] = []
-        for case, restart, wipe, repeat in (("registry miss", True, True, max(1, args.repeat - 1)),
-                                            ("ssd hit", True, False, args.repeat),
-                                            ("dram hit", False, False, args.repeat)):
+        agent = start_agent(settings, env, args.work / "agent.log")
+        client = CacheClient(settings, heartbeat=False)
+        client.evict(MODEL, "ssd")
+        for case, tiers, repeat in (("registry miss", ("dram", "ssd"), max(1, args.repeat - 2)),
+                                    ("ssd hit", ("dram",), args.repeat), ("dram hit", (), args.repeat)):
             for _ in range(repeat):
-                if restart:
-                    if agent is not None:
-                        agent.stop()
-                    if wipe:
-                        shutil.rmtree(ssd, ignore_errors=True)
-                    agent = start_agent(settings, env, args.work / "agent.log")
-                elif agent is None:
-                    agent = start_agent(settings, env, args.work / "agent.log")
+                for tier in tiers:
+                    client.evict(MODEL, tier)  # type: ignore[arg-type]
                 result = worker.call(op="acquire", model=MODEL)
                 if result["tier"] != case.split()[0]:
                     raise RuntimeError(f"{case}: served from {result['tier']}")
@@ -216,10 +214,11 @@ def main() -> None:
                 if case == "ssd hit":  # the peer right after, under the same conditions (the VM is noisy)
                     loader.append(worker.call(op="loader", path=str(ssd_entry(ssd))))
         populated = [worker.call(op="acquire", model=MODEL, populate=True) for _ in range(args.repeat)]
+        raw.update(samples, populated=populated, loader=loader)
         for case, results in (*samples.items(), ("dram hit, mapped with MAP_POPULATE", populated)):
             rows.append({"case": case, "n": len(results), **{
                 k: median([r[k] for r in results])
-                for k in ("ready_s", "acquire_s", "map_s", "build_s", "first_forward_s")
+                for k in ("ready_s", "agent_s", "acquire_s", "map_s", "build_s", "first_forward_s")
             }})
         assert agent is not None
         agent.stop()
@@ -255,10 +254,10 @@ def main() -> None:
     for row in rows:
         row["vs_loader"] = round(row["ready_s"] / loader_s, 3)
         row["vs_from_pretrained_warm"] = round(row["ready_s"] / warm_s, 3)
-    print_table(rows, ["case", "n", "ready_s", "acquire_s", "map_s", "build_s", "first_forward_s", "read_s",
+    print_table(rows, ["case", "n", "ready_s", "agent_s", "acquire_s", "map_s", "build_s", "first_forward_s", "read_s",
                        "vs_loader", "vs_from_pretrained_warm"],
                 title=f"cache agent, {MODEL} ({index.total_bytes / 1e9:.2f} GB region)")
-    write_json(args.json, rows, model_bytes=index.total_bytes)
+    write_json(args.json, rows, model_bytes=index.total_bytes, samples=raw)
     with contextlib.suppress(Exception):
         shutil.rmtree(args.work / "data" / "bench" / "meta", ignore_errors=True)
 

@@ -36,7 +36,8 @@ def run(settings: Settings, ready: threading.Event | None = None, stop: threadin
         if settings.cache_metrics_port:
             from prometheus_client import start_http_server
 
-            start_http_server(settings.cache_metrics_port, registry=agent.metrics.registry)
+            # local only, like the invoker's metrics (prometheus_client binds every interface by default)
+            start_http_server(settings.cache_metrics_port, addr=settings.runtime_host, registry=agent.metrics.registry)
         server = AgentServer(settings.cache_socket_path, agent)
         server.start()
         log.info("cache agent %s ready on %s: DRAM %d bytes (%s, pre-faulted in %.2f s), SSD %d bytes at %s, "

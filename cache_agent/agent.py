@@ -46,6 +46,8 @@ from faas_llm.cache_protocol import (
     AcquireReply,
     AcquireRequest,
     EntryStatus,
+    EvictReply,
+    EvictRequest,
     HeartbeatReply,
     PrefetchReply,
     PrefetchRequest,
@@ -53,7 +55,7 @@ from faas_llm.cache_protocol import (
     ssd_entry_dir,
 )
 from faas_llm.checkpoint import INDEX_FILE, CheckpointIndex, checkpoint_nbytes, read_index, read_into
-from faas_llm.errors import CheckpointError, NoCapacityError, NotFoundError, RegistryError
+from faas_llm.errors import CheckpointError, ConflictError, NoCapacityError, NotFoundError, RegistryError
 from faas_llm.registry import ModelVersion, Registry, open_registry
 from faas_llm.settings import Settings
 from faas_llm.types import CacheInventory, LoadTier, TierInventory
@@ -213,6 +215,33 @@ class CacheAgent:
 
             threading.Thread(target=background, name=f"prefetch-{manifest.key}", daemon=True).start()
         return PrefetchReply(model=manifest.name, version=manifest.version, done=req.wait)
+
+    def evict(self, req: EvictRequest) -> EvictReply:
+        """Drop ``model`` (one version or all) from a tier now; ConflictError if a lease or a read holds it."""
+        def wanted(manifest: ModelVersion) -> bool:
+            return manifest.name == req.model and req.version in (None, manifest.version)
+
+        evicted: list[str] = []
+        if req.tier == "dram":
+            with self._lock:
+                keys = [k for k, e in self.dram.items() if wanted(e.manifest)]
+                busy = [k for k in keys if self.dram[k].leases]
+                if busy:
+                    raise ConflictError(f"{', '.join(busy)} is in use (leased); not evicted")
+                for key in keys:
+                    self._evict_dram_locked(key)
+                evicted = keys
+        else:
+            for entry in self.ssd.entries():
+                if wanted(entry.manifest):
+                    if not self.ssd.remove(entry.key, unless_pinned=True):
+                        raise ConflictError(f"{entry.key} is being read from the SSD tier; not evicted")
+                    evicted.append(entry.key)
+                    with self._lock:
+                        self.counters["ssd_evictions"] += 1
+                    self.metrics.evictions.labels("ssd").inc()
+        self._changed()
+        return EvictReply(evicted=evicted)
 
     def status(self) -> StatusReply:
         with self._lock:
@@ -399,8 +428,11 @@ class CacheAgent:
             self.counters["dram_loads"] += 1
             if read_s > 0:  # O_DIRECT: the disk's figure even right after a fetch
                 self.bandwidth["ssd"] = ema(self.bandwidth["ssd"], nbytes / read_s)
+        total_s = time.perf_counter() - started
         self.metrics.bytes_loaded.labels("dram").inc(nbytes)
-        self.metrics.load_seconds.labels("dram").observe(time.perf_counter() - started)
+        self.metrics.load_seconds.labels("dram").observe(total_s)
+        log.info("dram tier: loaded %s from %s: %d bytes, read %.3f s (%.2f GB/s), %.3f s in all",
+                 key, tier.value, nbytes, read_s, nbytes / read_s / 1e9 if read_s > 0 else 0.0, total_s)
         return tier
 
     def _write_meta(self, manifest: ModelVersion, src: Path, index: CheckpointIndex) -> Path:

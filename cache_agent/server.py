@@ -19,6 +19,7 @@ from faas_llm.cache_protocol import (
     REQUEST_ADAPTER,
     AcquireRequest,
     ErrorReply,
+    EvictRequest,
     HeartbeatRequest,
     MetricsReply,
     MetricsRequest,
@@ -45,6 +46,8 @@ def dispatch(agent: CacheAgent, request: Any) -> BaseModel:
         return agent.heartbeat(request.lease_ids)
     if isinstance(request, PrefetchRequest):
         return agent.prefetch(request)
+    if isinstance(request, EvictRequest):
+        return agent.evict(request)
     if isinstance(request, StatusRequest):
         return agent.status()
     if isinstance(request, MetricsRequest):

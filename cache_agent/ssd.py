@@ -230,9 +230,12 @@ class SsdTier:
             self._entries[manifest.key] = entry
         return entry, victims
 
-    def remove(self, key: str) -> bool:
-        """Delete an entry (e.g. found corrupt); False if it was not there."""
+    def remove(self, key: str, *, unless_pinned: bool = False) -> bool:
+        """Delete an entry (e.g. found corrupt); False if it was not there (or, with
+        ``unless_pinned``, is being read)."""
         with self._lock:
+            if unless_pinned and key in self._pins:
+                return False
             entry = self._entries.pop(key, None)
         if entry is None:
             return False

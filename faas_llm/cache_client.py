@@ -37,6 +37,8 @@ from faas_llm.cache_protocol import (
     AcquireReply,
     AcquireRequest,
     ErrorReply,
+    EvictReply,
+    EvictRequest,
     HeartbeatReply,
     HeartbeatRequest,
     MetricsReply,
@@ -228,6 +230,15 @@ class CacheClient:
             raise RequestError(f"invalid prefetch of {model!r}: {exc.errors()[0]['msg']}") from None
         reply: PrefetchReply = self._call(request, PrefetchReply)
         return reply
+
+    def evict(self, model: str, tier: Literal["dram", "ssd"] = "dram", version: int | None = None) -> list[str]:
+        """Drop ``model`` from a tier of the agent now (ConflictError while it is leased); the evicted keys."""
+        try:
+            request = EvictRequest(model=model, version=version, tier=tier)
+        except ValidationError as exc:
+            raise RequestError(f"invalid evict of {model!r}: {exc.errors()[0]['msg']}") from None
+        reply: EvictReply = self._call(request, EvictReply)
+        return reply.evicted
 
     def status(self) -> StatusReply:
         reply: StatusReply = self._call(StatusRequest(), StatusReply, timeout_s=30)

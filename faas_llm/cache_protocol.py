@@ -61,6 +61,13 @@ class PrefetchRequest(_Msg):
     wait: bool = Field(False, description="reply when the checkpoint is in the tier (else: at once)")
 
 
+class EvictRequest(_Msg):
+    op: Literal["evict"] = "evict"
+    model: ModelName
+    version: int | None = Field(None, ge=1, description="default: every version held")
+    tier: Literal["dram", "ssd"] = "dram"
+
+
 class StatusRequest(_Msg):
     op: Literal["status"] = "status"
 
@@ -70,7 +77,8 @@ class MetricsRequest(_Msg):
 
 
 Request = Annotated[
-    AcquireRequest | ReleaseRequest | HeartbeatRequest | PrefetchRequest | StatusRequest | MetricsRequest,
+    AcquireRequest | ReleaseRequest | HeartbeatRequest | PrefetchRequest | EvictRequest | StatusRequest
+    | MetricsRequest,
     Field(discriminator="op"),
 ]
 REQUEST_ADAPTER: TypeAdapter[Any] = TypeAdapter(Request)
@@ -108,6 +116,11 @@ class PrefetchReply(_Msg):
     model: str
     version: int
     done: bool
+
+
+class EvictReply(_Msg):
+    ok: Literal[True] = True
+    evicted: list[str] = Field(default_factory=list, description="keys removed from the tier")
 
 
 class EntryStatus(_Msg):

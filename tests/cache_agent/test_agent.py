@@ -17,7 +17,7 @@ import redis
 import torch
 
 from faas_llm.cache_client import CacheClient
-from faas_llm.errors import CacheAgentError, NoCapacityError, NotFoundError, RequestError
+from faas_llm.errors import CacheAgentError, ConflictError, NoCapacityError, NotFoundError, RequestError
 from faas_llm.keys import Keys
 from faas_llm.registry import FileRegistry
 from faas_llm.settings import Settings, child_environ
@@ -105,6 +105,13 @@ def test_dram_lru_victim_and_in_use_never_evicted(
     assert client.acquire("e").tier is LoadTier.SSD  # fetched by the refused acquire, now loaded
     assert resident() == {"b", "d", "e"}
     assert "faas_cache_evictions_total{tier=\"dram\"} 2.0" in client.metrics()
+    with pytest.raises(ConflictError):
+        client.evict("b")  # leased
+    held_b.release()
+    assert client.evict("b") == ["b@1"]
+    assert client.evict("b", "ssd") == ["b@1"]
+    status = client.status()
+    assert "b@1" not in {e.key for e in status.dram} | {e.key for e in status.ssd}
     client.close()
     agent.stop()
 
