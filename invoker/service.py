@@ -168,12 +168,16 @@ class Invoker:
         self.publish()
         reports = read_reports(self.r, self.keys)
         self.expire_idle(reports)
-        # faas-llm node drain: no new work while the key exists; idle containers go
+        # faas-llm node drain: no new work while the key exists; idle and prewarmed containers go (the
+        # drain waits for an empty node). Under the pool's lock: a placement binds a prewarmed runtime there.
         self.draining = self.stopping.is_set() or bool(self.r.exists(self.keys.node_drain(self.settings.node_id)))
         if self.draining:
-            for c in self.pool._live():
-                if c.state is ContainerState.IDLE:
-                    self.pool.remove(c.id, graceful=True, only_if_idle=True)
+            with self.pool.lock:
+                for c in self.pool._live():
+                    if c.state is ContainerState.IDLE:
+                        self.pool.remove(c.id, graceful=True, only_if_idle=True)
+                    elif c.state is ContainerState.PREWARMED and c.action is None:
+                        self.pool.remove(c.id, graceful=True)
         if not self.draining:
             self.pool.ensure_prewarm()
         reclaim.sweep(self.settings, self.r, self.keys, self.store, self.actions, self.metrics, self.consumer)

@@ -28,9 +28,14 @@ def _settings(redis_url: str | None) -> Settings:
 
 
 def _wait(app: Any, task_id: str, timeout_s: float) -> Any:
+    from celery.exceptions import TimeoutError as TaskTimeout
+
     result = app.AsyncResult(task_id)
     try:
         return result.get(timeout=timeout_s, propagate=False)
+    except TaskTimeout:
+        raise FaasLLMError(f"task {task_id} has not finished after {timeout_s:g} s; it goes on in the background "
+                           "(see `faas-llm cluster status`)") from None
     finally:
         if result.failed():
             raise InternalError(f"task {task_id} failed: {result.result!r}")

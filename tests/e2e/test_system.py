@@ -167,3 +167,15 @@ def test_non_blocking_invoke_then_activation_get(cluster: UpCluster) -> None:
     assert_timings(record)
     result = cli.ok("activation", "result", activation_id).out
     assert record.response.result is not None and json.loads(result)["text"] == record.response.result["text"]
+
+
+def test_drain_empties_the_node_and_undrain_takes_work_again(cluster: UpCluster) -> None:
+    cli = cluster.cli
+    drained = cli.ok("node", "drain", "node0", "--wait", "60", "--json", timeout=120).json()
+    assert drained["state"] == "done" and drained["empty"] is True, drained
+    [node] = cli.ok("cluster", "status", "--json").json()["nodes"]
+    assert node["draining"] and not node["containers"]  # prewarmed runtimes go too
+    cli.ok("node", "undrain", "node0")
+    again = invoke_blocking(cli, "hello")
+    assert_timings(again)
+    assert again.coldStart is True and again.loadTier == LoadTier.DRAM
