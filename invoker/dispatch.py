@@ -36,7 +36,7 @@ from faas_llm.keys import Keys
 from faas_llm.popularity import record_invocation
 from faas_llm.settings import Settings
 from faas_llm.types import ActivationRecord, Invocation, Limits, LoadTier, now_ms
-from invoker import runtime_client, streams
+from invoker import replay, runtime_client, streams
 from invoker.cluster import ActionCache
 from invoker.container import Container
 from invoker.metrics import InvokerMetrics
@@ -163,18 +163,27 @@ class Dispatcher:
         if collect_logs:
             container.handle.logs.clear()
         value = dict(inv.params)
+        stream_to: runtime_client.TokenSink | None = None
+        stream_complete = False  # a re-run of a stream whose client already got its end
         if inv.stream:
+            # every attempt generates the same tokens (a seed derived from the activation id), and a
+            # re-run after a lost invoker forwards only what the client has not had yet (invoker.replay)
+            value = replay.with_replay_seed(value, inv.activation_id)
             value["stream"] = True
-            if attempt > 1:  # a re-run after a lost invoker: readers start over
-                self.store.append_tokens(inv.activation_id, {"restart": True, "text": "", "token_ids": []})
+
+            def append(chunk: dict[str, Any]) -> None:
+                self.store.append_tokens(inv.activation_id, chunk)
+
+            stream_to, before = replay.stream_sink(self.r, self.keys.activation_tokens(inv.activation_id), append)
+            stream_complete = before.done
+            if before.text or before.token_ids:
+                log.info("re-running streamed %s (attempt %d): %d chars already delivered", inv.activation_id,
+                         attempt, len(before.text))
         body = {
             "value": value, "namespace": inv.namespace, "action_name": inv.action,
             "action_version": inv.action_version, "activation_id": inv.activation_id,
             "transaction_id": inv.transaction_id, "deadline": str(inv.deadline_ms),
         }
-        def sink(chunk: dict[str, Any]) -> None:
-            self.store.append_tokens(inv.activation_id, chunk)
-
         start_ms = now_ms()
         broken = False
         timed_out = False
@@ -182,12 +191,11 @@ class Dispatcher:
         handoff: migration.Handoff | None = None
         outcome: runtime_client.RunOutcome
         try:
-            outcome = runtime_client.run(container.handle.url, body, inv.deadline_ms,
-                                         sink if inv.stream else None)
+            outcome = runtime_client.run(container.handle.url, body, inv.deadline_ms, stream_to)
             # a live migration stopped the run here: it continues on the destination (faas_llm.migration)
             handoff = migration.continue_if_migrated(
                 self.r, self.keys, running, body, outcome,
-                lambda url, b, s: runtime_client.run(url, b, inv.deadline_ms, s), sink if inv.stream else None)
+                lambda url, b, s: runtime_client.run(url, b, inv.deadline_ms, s), stream_to)
             if handoff is not None:
                 outcome = handoff.outcome  # type: ignore[assignment]
         except runtime_client.RunTimedOut:
@@ -207,7 +215,7 @@ class Dispatcher:
             outcome.result = {"error": timeout_message(limits)}
         alive = not broken and self.pool.factory.alive(container.handle)
         logs = container.handle.logs.collect(timeout_s=1.0 if alive else 0.2) if collect_logs else []
-        if inv.stream:
+        if inv.stream and not stream_complete:
             self._finish_stream(inv, outcome)
         wait_s = max(0, start_ms - inv.enqueued_ms) / 1000
         if outcome.first_token_s is not None:
