@@ -183,6 +183,19 @@ class Supervisor:
     def pids(self) -> dict[str, int]:
         return {c.spec.name: c.pid for c in self.children}
 
+    def restart(self, child: Child) -> Child:
+        """Start a child that died again, in its place (same log file); its leftovers are killed first."""
+        _signal_group(child.pid, signal.SIGKILL)
+        child.proc.wait()
+        kill_all(child.seen, grace_s=0)
+        child.log_file.close()
+        index = self.children.index(child)
+        self.children.remove(child)
+        fresh = self.spawn(child.spec)
+        self.children.remove(fresh)
+        self.children.insert(index, fresh)
+        return fresh
+
     # --- stopping -------------------------------------------------------------------------
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM each group (reverse order), wait up to ``grace_s`` in all, then SIGKILL whatever is left."""
@@ -214,6 +227,24 @@ class Supervisor:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class RestartBudget:
+    """At most ``most`` restarts of one service within ``window_s``: a crash loop is not restarted forever."""
+
+    most: int = 5
+    window_s: float = 60.0
+    times: dict[str, list[float]] = field(default_factory=dict)
+
+    def allow(self, name: str, now: float) -> bool:
+        """Whether ``name`` may be restarted at ``now`` (counts the restart when it may)."""
+        recent = [t for t in self.times.get(name, []) if now - t < self.window_s]
+        if len(recent) >= self.most:
+            self.times[name] = recent
+            return False
+        self.times[name] = [*recent, now]
+        return True
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

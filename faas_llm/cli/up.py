@@ -29,7 +29,7 @@ from faas_llm.errors import ConfigError
 from faas_llm.properties import write_properties
 from faas_llm.redis_server import RedisServer, free_port
 from faas_llm.settings import Settings
-from faas_llm.supervisor import Supervisor, available_services, kill_all, process_alive
+from faas_llm.supervisor import RestartBudget, Supervisor, available_services, kill_all, process_alive
 
 STATE_FILE = "up.json"
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
@@ -211,11 +211,21 @@ def run_foreground(settings: Settings, redis_url: str | None, ready_timeout: flo
         write_state(settings, {**_me(), "ready": True, "apihost": apihost, "redis_url": redis_url,
                                "children": children})
         click.echo(_banner(settings, apihost, key, [s.name for s in have], [s.entry_point for s in lack]))
+        budget = RestartBudget()
         while True:
-            dead = supervisor.dead()
-            if dead:
-                names = ", ".join(f"{c.spec.name} (exit {c.proc.returncode})" for c in dead)
-                raise ConfigError(f"{names} stopped on its own; its log ends with:\n{dead[0].log_tail()}")
+            # a service that dies (a crash, a kill -9) is started again; one in a crash loop stops everything
+            for child in supervisor.dead():
+                if not budget.allow(child.spec.name, time.monotonic()):
+                    raise ConfigError(f"{child.spec.name} (exit {child.proc.returncode}) keeps stopping on its own; "
+                                      f"its log ends with:\n{child.log_tail()}")
+                fresh = supervisor.restart(child)
+                click.echo(f"  {child.spec.name} exited with {child.proc.returncode}: restarted (pid {fresh.pid})")
+                try:
+                    children[child.spec.name] = [fresh.pid, psutil.Process(fresh.pid).create_time()]
+                except psutil.Error:
+                    continue  # died at once: the next pass sees it
+                write_state(settings, {**_me(), "ready": True, "apihost": apihost, "redis_url": redis_url,
+                                       "children": children})
             time.sleep(0.5)
     except StopRequested as stop:
         click.echo(f"\n{stop.args[0] if stop.args else 'signal'}: stopping ...")
