@@ -255,7 +255,7 @@ def main() -> None:
         row["vs_loader"] = round(row["ready_s"] / loader_s, 3)
         row["vs_from_pretrained_warm"] = round(row["ready_s"] / warm_s, 3)
     print_table(rows, ["case", "n", "ready_s", "agent_s", "acquire_s", "map_s", "build_s", "first_forward_s", "read_s",
-                       "vs_loader", "vs_from_pretrained_warm"],
+                       "direct_io", "vs_loader", "vs_from_pretrained_warm"],
                 title=f"cache agent, {MODEL} ({index.total_bytes / 1e9:.2f} GB region)")
     write_json(args.json, rows, model_bytes=index.total_bytes, samples=raw)
     with contextlib.suppress(Exception):

@@ -400,9 +400,9 @@ class CacheAgent:
                             reserved = None
                         reserved = self._reserve_dram(key, nbytes)
                     read_started = time.perf_counter()
-                    read_into(ssd_entry.path, index, self.pool.region(reserved[0], nbytes), verify=True,
-                              chunk_bytes=self.settings.loader_chunk_bytes, threads=self.settings.loader_threads,
-                              direct_io=self.settings.loader_direct_io)
+                    stats = read_into(ssd_entry.path, index, self.pool.region(reserved[0], nbytes), verify=True,
+                                      chunk_bytes=self.settings.loader_chunk_bytes,
+                                      threads=self.settings.loader_threads, direct_io=self.settings.loader_direct_io)
                     read_s = time.perf_counter() - read_started
                     meta_dir = self._write_meta(manifest, ssd_entry.path, index)
                     break
@@ -431,8 +431,9 @@ class CacheAgent:
         total_s = time.perf_counter() - started
         self.metrics.bytes_loaded.labels("dram").inc(nbytes)
         self.metrics.load_seconds.labels("dram").observe(total_s)
-        log.info("dram tier: loaded %s from %s: %d bytes, read %.3f s (%.2f GB/s), %.3f s in all",
-                 key, tier.value, nbytes, read_s, nbytes / read_s / 1e9 if read_s > 0 else 0.0, total_s)
+        log.info("dram tier: loaded %s from %s: %d bytes, read %.3f s (%.2f GB/s, O_DIRECT %s), %.3f s in all",
+                 key, tier.value, nbytes, read_s, nbytes / read_s / 1e9 if read_s > 0 else 0.0, stats.direct_io,
+                 total_s)
         return tier
 
     def _write_meta(self, manifest: ModelVersion, src: Path, index: CheckpointIndex) -> Path:

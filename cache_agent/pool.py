@@ -69,7 +69,12 @@ class DramPool:
                     (directory / entry).unlink()
 
     def _prefault(self) -> None:
-        """Allocate every page of the segment now, so that no load pays page faults."""
+        """Allocate every page of the segment now, so that no load pays page faults. Huge pages
+        are asked for (honoured where /sys/kernel/mm/transparent_hugepage/shmem_enabled allows):
+        O_DIRECT reads into 4 KiB shmem pages were up to 2x slower than into huge anonymous pages."""
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            with contextlib.suppress(OSError):
+                self._mmap.madvise(mmap.MADV_HUGEPAGE)
         try:
             self._mmap.madvise(MADV_POPULATE_WRITE)
             return

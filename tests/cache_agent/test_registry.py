@@ -42,6 +42,11 @@ def _roundtrip(registry: Registry, ckpt: Path, tmp_path: Path) -> None:
     assert registry.resolve("org/tiny").version == 2
     assert registry.resolve("org/tiny", 1).data == v1.data
     assert [m.key for m in registry.list_models()] == ["org/tiny@2", "tiny@1"]
+    local = registry.local_dir(v1)
+    if isinstance(registry, FileRegistry):
+        assert local is not None and (local / "index.json").read_bytes() == (ckpt / "index.json").read_bytes()
+    else:
+        assert local is None
     dest = tmp_path / "fetched"
     dest.mkdir()
     got = []
