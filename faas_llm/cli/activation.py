@@ -10,7 +10,7 @@ import click
 from faas_llm.cli._client import client_options, echo_json, echo_table, json_option, make_client
 from faas_llm.client import Client
 from faas_llm.errors import RequestError
-from faas_llm.types import ActivationRecord, now_ms
+from faas_llm.types import ActivationRecord, LoadTier, now_ms
 
 
 @click.group()
@@ -41,10 +41,17 @@ def _seconds(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
+def start_kind(r: ActivationRecord) -> str:
+    """``cold`` / ``warm``, or ``-`` for an activation that never reached a runtime (failed init, timeout)."""
+    if r.coldStart:
+        return "cold"
+    return "warm" if r.loadTier is LoadTier.WARM else "-"
+
+
 def timing_row(r: ActivationRecord) -> list[str]:
     """The columns of one activation in `list` and in the cold/warm comparison."""
     return [
-        r.activationId, r.name, _when(r.start), "cold" if r.coldStart else "warm", r.loadTier.value if r.loadTier
+        r.activationId, r.name, _when(r.start), start_kind(r), r.loadTier.value if r.loadTier
         else "", str(r.duration), _seconds(r.loadTime), _seconds(r.timeToFirstToken), r.node or "",
         r.response.status,
     ]

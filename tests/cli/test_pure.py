@@ -168,10 +168,11 @@ def test_compare_rows_put_activations_side_by_side() -> None:
                             timeToFirstToken=0.61, annotations=[KeyValue(key="initTime", value=600)])
     warm = cold.model_copy(update={"activationId": "b" * 32, "coldStart": False, "loadTier": LoadTier.WARM,
                                    "loadTime": None, "duration": 40, "timeToFirstToken": 0.02, "annotations": []})
-    rows = {row[0]: row[1:] for row in compare_rows([cold, warm])}
-    assert rows["start kind"] == ["cold", "warm"]
-    assert rows["load tier"] == ["ssd", "warm"]
-    assert rows["init ms"] == ["600", ""]
-    assert rows["duration ms"] == ["900", "40"]
-    assert rows["load s"] == ["0.500", ""]
-    assert rows["ttft s"] == ["0.610", "0.020"]
+    failed = warm.model_copy(update={"activationId": "c" * 32, "loadTier": None, "timeToFirstToken": None})
+    rows = {row[0]: row[1:] for row in compare_rows([cold, warm, failed])}
+    assert rows["start kind"] == ["cold", "warm", "-"]  # an init failure or a timeout never ran warm
+    assert rows["load tier"] == ["ssd", "warm", ""]
+    assert rows["init ms"] == ["600", "", ""]
+    assert rows["duration ms"] == ["900", "40", "40"]
+    assert rows["load s"] == ["0.500", "", ""]
+    assert rows["ttft s"] == ["0.610", "0.020", ""]
