@@ -94,9 +94,11 @@ def test_wait_longer_than_the_client_socket_timeout(redis_server, keys: Keys, re
     """A blocking wait must outlive a client whose socket times out sooner than the wait."""
     aid = new_activation_id()
     client = redis.Redis.from_url(redis_server.url, socket_timeout=2.0)
-    threading.Timer(3.5, lambda: ActivationStore(redis_client, keys).complete(record(aid, 1))).start()
+    completer = threading.Timer(3.5, lambda: ActivationStore(redis_client, keys).complete(record(aid, 1)))
+    completer.start()
     got = ActivationStore(client, keys).wait(aid, timeout_s=10)
     client.close()
+    completer.join()  # its pipeline may still be reading the reply when the waiter wakes; the fixture closes it next
     assert got is not None and got.activationId == aid
 
 
