@@ -50,9 +50,14 @@ def json_body(*, default: Any = None) -> Any:
             raise RequestError("The request content was malformed: a JSON body is required.")
         return default
     try:
-        return json.loads(data)
+        return json.loads(data, parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(f"The request content was malformed: {exc}") from None
+
+
+def _not_json(name: str) -> Any:
+    """Python's json accepts NaN and Infinity; JSON (RFC 8259) does not, and they break records downstream."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def json_object_body(*, required: bool = False) -> dict[str, Any]:
