@@ -132,7 +132,8 @@ class ActivationStore:
         lo = "-inf" if since is None else since
         hi = "+inf" if upto is None else upto
         out: list[ActivationRecord] = []
-        offset, page = 0, max(limit + skip, 50)
+        # pages of at most 1000 ids: a huge skip must not become a COUNT Redis refuses (out of range)
+        offset, page = 0, min(max(limit + skip, 50), 1000)
         skipped = 0
         while len(out) < limit:
             ids = self.r.zrevrangebyscore(index, hi, lo, start=offset, num=page)
