@@ -35,7 +35,8 @@ def rel(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Itera
         home, FAAS_LLM_DRAM_CAPACITY_BYTES=str(64 * 1024 * 1024), FAAS_LLM_RUNTIME_TORCH_THREADS="1",
         FAAS_LLM_PREWARM_COUNT="1", FAAS_LLM_MAX_CONTAINERS="4", FAAS_LLM_RUNTIME_DRAIN_S="1",
         FAAS_LLM_INVOCATIONS_PER_MINUTE="100000", FAAS_LLM_CONCURRENT_INVOCATIONS="1000",
-        FAAS_LLM_LOG_LEVEL="INFO", **FAST_FAILURE_DETECTION,
+        FAAS_LLM_LOG_LEVEL="INFO", FAAS_LLM_INVOKER_METRICS_PORT=str(free_port()),
+        FAAS_LLM_CACHE_METRICS_PORT=str(free_port()), **FAST_FAILURE_DETECTION,
     )
     cli = Cli(env, home)
     up = start_up(cli, "--redis-url", redis_server.url)

@@ -187,6 +187,14 @@ class RelCluster:
             return None
         return wait_for(f"the runtime of {activation_id}", find, 60)
 
+    def port_of(self, name: str) -> int:
+        assert name == "gateway"
+        return self.up.port
+
+    def metrics_ports(self) -> list[int]:
+        env = self.up.cli.env
+        return [int(env[k]) for k in ("FAAS_LLM_INVOKER_METRICS_PORT", "FAAS_LLM_CACHE_METRICS_PORT") if k in env]
+
     def running_url(self, activation_id: str) -> str | None:
         raw = self.r.get(self.store.keys.activation_running(activation_id))
         if not raw:
