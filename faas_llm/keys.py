@@ -37,6 +37,9 @@ Layout (``P`` = prefix)::
     P:models:popularity:{minute}       zset  model -> invocations in one minute (TTL: prefetch policy window)
     P:models:kept                      str   the prefetch policy's last plan JSON (TTL)
     P:migration:{id}                   hash  live-migration state of an activation
+    P:migration:plan:{ns}:{action}     str   a migration planned so the action's waiting start gets a slot (TTL)
+    P:slot:{id}                        str   a run-slot lease on a container, renewed by its holder (TTL)
+    P:slot:{id}:grant                  list  the node's answer to a slot lease request (BLPOP)
     P:events                           channel cluster events (pub/sub)
     P:celery:dead                      hash  node -> ms its report was first seen absent (rescuer)
     P:lock:celery:{name}               str   which Celery worker runs a periodic job now (TTL)
@@ -166,6 +169,17 @@ class Keys:
     # --- migration, events ----------------------------------------------------------------
     def migration(self, activation_id: str) -> str:
         return self._k("migration", activation_id)
+
+    def migration_plan(self, namespace: str, action: str) -> str:
+        """A migration the placement started to free a slot for the action's waiting start (TTL)."""
+        return self._k("migration", "plan", namespace, action)
+
+    def slot_lease(self, lease_id: str) -> str:
+        """A run slot held on a container for a run outside its invoker's dispatch (a migrated resume)."""
+        return self._k("slot", lease_id)
+
+    def slot_grant(self, lease_id: str) -> str:
+        return self._k("slot", lease_id, "grant")
 
     def events(self) -> str:
         return self._k("events")

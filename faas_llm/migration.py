@@ -29,13 +29,15 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import requests
 from pydantic import BaseModel, ValidationError
 
+from faas_llm import slot_lease
 from faas_llm.errors import ActivationStatus, ConflictError, NoCapacityError, NotFoundError
 from faas_llm.keys import Keys
 from faas_llm.settings import Settings
@@ -62,6 +64,9 @@ class RunningRun(BaseModel):
     action: str
     model: str
     deadline_ms: int
+    #: when the run started (ms) and the most tokens it may make (0: unknown): its expected remaining time
+    started_ms: int = 0
+    max_tokens: int = 0
 
 
 # --- the invoker's side ------------------------------------------------------------------------
@@ -106,6 +111,38 @@ class RunOutcomeLike(Protocol):
 
 TokenSink = Callable[[dict[str, Any]], None]
 RunFn = Callable[[str, dict[str, Any], TokenSink | None], RunOutcomeLike]
+
+
+class SlotHooks(Protocol):
+    """How a continued run accounts for container slots (the invoker's :class:`faas_llm.migration_slots.LeasedSlots`).
+
+    ``release_source()``: the source stopped and handed over: its slot is free for new work.
+    ``hold(lease_id)``: the destination's slot lease (taken by the coordinator) is now the run's; it is
+    renewed while the run lasts and released when the context ends.
+    ``fallback(source)``: a slot on a container of the action on the source's node (the source's own
+    container if it is still there) for resuming after the destination failed; yields its URL.
+    """
+
+    def release_source(self) -> None: ...
+
+    def hold(self, lease: slot_lease.SlotLease | None) -> AbstractContextManager[None]: ...
+
+    def fallback(self, source: RunningRun) -> AbstractContextManager[str]: ...
+
+
+class UnaccountedSlots:
+    """No slot accounting (a caller without an invoker, e.g. the bench): the source's container resumes."""
+
+    def release_source(self) -> None:
+        return None
+
+    @contextmanager
+    def hold(self, lease: slot_lease.SlotLease | None) -> Iterator[None]:
+        yield
+
+    @contextmanager
+    def fallback(self, source: RunningRun) -> Iterator[str]:
+        yield source.url
 
 
 @dataclass
@@ -162,25 +199,42 @@ class _Tracker:
 
 
 def continue_if_migrated(r: Any, keys: Keys, source: RunningRun, body: dict[str, Any], outcome: RunOutcomeLike,
-                         run: RunFn, sink: TokenSink | None) -> Handoff | None:
+                         run: RunFn, sink: TokenSink | None, slots: SlotHooks | None = None) -> Handoff | None:
     """The dispatch hook: if ``outcome`` is a hand-off a coordinator asked for, finish the run elsewhere.
 
     ``run(url, body, sink)`` is the invoker's ``/run`` call (streaming events to ``sink``); ``sink``
-    is the activation's token stream (``None`` for a run that does not stream). Returns ``None``
-    when there is nothing to continue (the ordinary outcome stands).
+    is the activation's token stream (``None`` for a run that does not stream). ``slots``: the
+    invoker's slot accounting (default: none). The source's slot is released as soon as it has
+    stopped; the state (tokens so far) lives here and in ``keys.migration(id)``, so a failed
+    destination resumes on a slot of the source's node. Returns ``None`` when there is nothing to
+    continue (the ordinary outcome stands).
     """
     aid = source.activation_id
     state = _migrated_state(outcome)
     if state is None:
         return None
+    slots = slots or UnaccountedSlots()
     nodes = [source.node]
     info: dict[str, Any] = {"from": source.node, "rounds": 0}
+    released = False
     while state is not None:
         plan = r.hgetall(keys.migration(aid))
         if plan.get("phase") != HANDING_OFF or not plan.get("dest_url"):
+            if plan.get("phase") in (ABORTED, FAILED) and state.get("generated_ids") is not None and len(nodes) == 1:
+                # stopped by a migration that then gave up: the run goes on here (never lost)
+                info.update(fell_back=True, reason=plan.get("reason") or plan.get("phase"), to=source.node)
+                outcome = _resume_on_source(r, keys, source, body, state, run, sink, slots, nodes, released)
+                released = True
+                state = _migrated_state(outcome)
+                continue
             # stopped with no hand-off waiting (e.g. the caller's own export_after): the outcome stands
             return Handoff(outcome, nodes, info) if len(nodes) > 1 else None
+        if not released:
+            slots.release_source()  # the source stopped: its slot takes new work from now on
+            released = True
         dest, dest_url = plan["destination"], plan["dest_url"]
+        lease = slot_lease.decode(plan.get("lease"))
+        r.hdel(keys.migration(aid), "lease")  # the lease is this run's now
         stopped_ms = now_ms()
         last_ms = _last_stream_ms(r, keys, aid) if sink is not None else None
         track = _Tracker(sink, lambda: r.hset(keys.migration(aid), mapping={"phase": RESUMED, "resumed_ms": now_ms()}))
@@ -189,7 +243,8 @@ def continue_if_migrated(r: Any, keys: Keys, source: RunningRun, body: dict[str,
                      moved_from=source.node)
         next_outcome: RunOutcomeLike | None = None
         try:
-            next_outcome = run(dest_url, {**body, "value": value}, track)
+            with slots.hold(lease):
+                next_outcome = run(dest_url, {**body, "value": value}, track)
             error = None if next_outcome.status is ActivationStatus.SUCCESS else str(next_outcome.result)
         except Exception as exc:  # the destination died or cannot be reached
             error = f"{type(exc).__name__}: {exc}"
@@ -203,22 +258,30 @@ def continue_if_migrated(r: Any, keys: Keys, source: RunningRun, body: dict[str,
             outcome = next_outcome
             state = _migrated_state(outcome)  # migrated again, from B onwards
             continue
-        # B failed: resume on A's container from every token made so far (none is made twice)
+        # B failed: resume on the source's node from every token made so far (none is made twice)
         log.warning("migration of %s to %s failed (%s); continuing on %s", aid, dest, error, source.node)
         resumed = {**state, "generated_ids": list(state.get("generated_ids") or []) + track.tokens,
                    "emitted_chars": int(state.get("emitted_chars") or 0) + track.chars}
         r.hset(keys.migration(aid), mapping={"phase": FELL_BACK, "reason": error or "", "fell_back_ms": now_ms()})
-        register_run(r, keys, source, moved_from=dest)
         info.update(fell_back=True, reason=error, to=source.node)
         if track.tokens:
             nodes.append(dest)
-        nodes.append(source.node)
-        value = {"resume": resumed, "stream": True}
-        outcome = run(source.url, {**body, "value": value}, sink if sink is not None else (lambda _c: None))
+        outcome = _resume_on_source(r, keys, source, body, resumed, run, sink, slots, nodes, True, moved_from=dest)
         state = _migrated_state(outcome)
-        if state is not None:
-            continue
     return Handoff(outcome, nodes, info)
+
+
+def _resume_on_source(r: Any, keys: Keys, source: RunningRun, body: dict[str, Any], state: dict[str, Any], run: RunFn,
+                      sink: TokenSink | None, slots: SlotHooks, nodes: list[str], released: bool,
+                      moved_from: str | None = None) -> RunOutcomeLike:
+    """Resume ``state`` on a slot of the source's node (its own container while it is there)."""
+    if not released:
+        slots.release_source()
+    nodes.append(source.node)
+    with slots.fallback(source) as url:
+        register_run(r, keys, source.model_copy(update={"url": url}), moved_from=moved_from)
+        value = {"resume": state, "stream": True}
+        return run(url, {**body, "value": value}, sink if sink is not None else (lambda _c: None))
 
 
 # --- the coordinator -----------------------------------------------------------------------------
@@ -339,11 +402,15 @@ class Coordinator:
                 raise ConflictError(f"activation {aid} already runs on {dest}")
             out.destination = dest
             self._set(aid, phase=PREPARING, source=run.node, destination=dest, started_ms=now_ms(), dest_url=None,
-                      session=aid, rounds=0, gap=None, reason=None)
+                      session=aid, rounds=0, gap=None, reason=None, lease=None)
             dest_url = self.ensure_container(dest, run, self.settings.runtime_start_timeout_s)
             self._set(aid, phase=PREFILLING)
             out.rounds, out.gap = self._rounds(run, dest_url, aid, gap_limit)
-            self._set(aid, phase=HANDING_OFF, dest_url=dest_url, rounds=out.rounds, gap=out.gap)
+            # the resume will hold one of the destination container's slots: take it before A stops
+            lease = slot_lease.request_slot(self.r, self.keys, dest, dest_url, ttl_ms=slot_lease.lease_ttl_ms(
+                self.settings), wait_s=min(60.0, max(1.0, (run.deadline_ms - now_ms()) / 1000)))
+            self._set(aid, phase=HANDING_OFF, dest_url=dest_url, rounds=out.rounds, gap=out.gap,
+                      lease=slot_lease.encode(lease))
             export: dict[str, Any] = {"activation_id": aid, "stop": True, "wait_s": 30.0}
             if stop_at is not None:
                 export["at_tokens"] = stop_at
@@ -356,6 +423,8 @@ class Coordinator:
             out.phase, out.reason = FAILED, f"{type(exc).__name__}: {exc}"
         if out.phase in (ABORTED, FAILED):
             self._set(aid, phase=out.phase, reason=out.reason)
+            slot_lease.release(self.r, self.keys, slot_lease.decode(self.r.hget(self.keys.migration(aid), "lease")))
+            self.r.hdel(self.keys.migration(aid), "lease")
             log.info("migration of %s %s: %s", aid, out.phase, out.reason)
         else:
             out.phase = self._await_handoff(aid, wait_s)

@@ -126,3 +126,24 @@ def plan_migration(
         return None
     start, move, instance, node = best
     return MigrationPlan(instance=instance, destination=node, move_s=move, start_s=start)
+
+
+def remaining_s(generated: int, max_tokens: int, elapsed_s: float, expected_run_s: float) -> float:
+    """Expected seconds until a running generation ends on its own.
+
+    With its ``max_tokens`` known and tokens made, the tokens left at the pace so far (an upper
+    bound: it may stop earlier); else what the action's usual run time leaves after ``elapsed_s``.
+    """
+    if max_tokens > 0 and generated > 0 and elapsed_s > 0:
+        return max(0.0, (max_tokens - generated) * elapsed_s / generated)
+    return max(0.0, expected_run_s - elapsed_s)
+
+
+def full_nodes_sooner(loads: Sequence[tuple[str, float, bool]], baseline_s: float) -> list[tuple[str, float]]:
+    """The full nodes where the waiting request would load sooner than ``baseline_s`` once a slot freed.
+
+    ``loads``: (node, request load seconds there, whether it can start now) for each non-draining
+    node. Sorted by load seconds, then node id: the candidates for :func:`plan_migration`.
+    """
+    return sorted(((node, load) for node, load, can_start in loads if not can_start and load < baseline_s),
+                  key=lambda x: (x[1], x[0]))

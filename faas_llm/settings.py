@@ -136,6 +136,13 @@ class Settings(BaseModel):
     migration_gap_tokens: int = Field(
         20, ge=0, description="Live migration hands over once the destination is within this many tokens."
     )
+    migration_placement: bool = Field(
+        True, description="Migrate a running inference off a full node when a waiting cold start begins sooner so."
+    )
+    migration_cost_a_s: float = Field(
+        0.0005, ge=0, description="Migration resume cost per token recomputed at the destination (s, a in a*n+b)."
+    )
+    migration_cost_b_s: float = Field(0.5, ge=0, description="Fixed migration cost (s, b in a*n+b): hand-off, resume.")
 
     # --- client (the faas-llm CLI and faas_llm.client) ---------------------------------
     apihost: str = Field("", description="Gateway URL the CLI talks to (empty: the properties file, else the gateway).")

@@ -29,6 +29,7 @@ class Container:
     def __init__(self, container_id: str, memory_mb: int, action: Action | None = None) -> None:
         self.id = container_id
         self.lock = threading.Lock()
+        self._freed = threading.Condition(self.lock)  # a run slot freed (or the container is going)
         self.state = S.STARTING
         self.handle: RuntimeHandle | None = None
         self.action: Action | None = action
@@ -83,6 +84,14 @@ class Container:
             self.last_used = time.monotonic()
             if self.state is not S.REMOVING:
                 self.state = check_transition(self.state, state_for(self.active))
+            self._freed.notify_all()
+
+    def wait_free(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` until a run slot is free; True if one is (or the container stopped serving)."""
+        with self._freed:
+            if self.active >= self.concurrency and self.state is S.BUSY:
+                self._freed.wait(timeout_s)
+            return self.active < self.concurrency or self.state is not S.BUSY
 
     def mark_removing(self, only_if_idle: bool = False) -> bool:
         """Move to REMOVING (``only_if_idle``: only an IDLE container with no run); True if it moved."""
@@ -90,6 +99,7 @@ class Container:
             if self.state is S.REMOVING or (only_if_idle and (self.state is not S.IDLE or self.active)):
                 return False
             self.state = S.REMOVING
+            self._freed.notify_all()
             return True
 
     def take_cold(self) -> ColdFacts | None:

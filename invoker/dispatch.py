@@ -23,16 +23,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from faas_llm import migration
+from faas_llm import migration, slot_lease
 from faas_llm.activations import ActivationStore
 from faas_llm.errors import ActivationStatus, DeveloperError
 from faas_llm.keys import Keys
+from faas_llm.migration_slots import LeasedSlots, LeaseSet
 from faas_llm.popularity import record_invocation
 from faas_llm.settings import Settings
 from faas_llm.types import ActivationRecord, Invocation, Limits, LoadTier, now_ms
@@ -54,6 +55,30 @@ class InFlight:
     activation_id: str
 
 
+def _max_tokens(params: Mapping[str, Any]) -> int:
+    """The run's token budget as the caller gave it (the runtime's default 16 otherwise; 0: not a number)."""
+    value = params.get("max_tokens", 16)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+class SourceSlot:
+    """The run slot a worker thread took on its container; released once, possibly early (a migration's
+    hand-off), after which a new worker pulls for the container and this thread ends with its run."""
+
+    def __init__(self, container: Container) -> None:
+        self.container = container
+        self._lock = threading.Lock()
+        self.released = False
+
+    def release(self) -> bool:
+        with self._lock:
+            if self.released:
+                return False
+            self.released = True
+        self.container.release()
+        return True
+
+
 class Abandoned(Exception):
     """The invoker is stopping and killed the runtime under a run: leave the entry for another invoker."""
 
@@ -69,6 +94,7 @@ class Dispatcher:
         self.in_flight: dict[str, InFlight] = {}
         self.run_seconds: dict[tuple[str, str], float] = {}  # EWMA of run durations per action
         self.threads: list[threading.Thread] = []
+        self.leases = LeaseSet()  # slot leases held by migrated runs of this invoker (renewed every heartbeat)
 
     # --- workers ------------------------------------------------------------------------
     def start_workers(self, container: Container) -> None:
@@ -76,13 +102,18 @@ class Dispatcher:
         queue = self.keys.action_queue(container.action.namespace, container.action.name)
         streams.ensure_group(self.r, queue, self.group)
         for slot in range(container.concurrency):
-            thread = threading.Thread(target=self._work, args=(container, queue), daemon=True,
-                                      name=f"run-{container.id}-{slot}")
-            thread.start()
-            self.threads.append(thread)
+            self._start_worker(container, queue, str(slot))
+
+    def _start_worker(self, container: Container, queue: str, name: str) -> None:
+        thread = threading.Thread(target=self._work, args=(container, queue), daemon=True,
+                                  name=f"run-{container.id}-{name}")
+        thread.start()
+        self.threads.append(thread)
 
     def _work(self, container: Container, queue: str) -> None:
         while not self.stopping.is_set() and container.state is not container.state.REMOVING:
+            if not container.wait_free(BLOCK_MS / 1000):
+                continue  # every slot is taken (e.g. by a migrated run's lease): do not pull work it cannot run
             try:
                 resp = self.r.xreadgroup(self.group, self.consumer, {queue: ">"}, count=1, block=BLOCK_MS)
             except redis.ResponseError as exc:
@@ -98,22 +129,35 @@ class Dispatcher:
                 continue
             for _stream, entries in resp or []:
                 for entry_id, fields in entries:
-                    self._take(container, queue, str(entry_id), fields)
+                    if self._take(container, queue, str(entry_id), fields):
+                        return  # the slot went to a new worker at a migration's hand-off
 
-    def _take(self, container: Container, queue: str, entry_id: str, fields: Mapping[Any, Any]) -> None:
+    def _take(self, container: Container, queue: str, entry_id: str, fields: Mapping[Any, Any]) -> bool:
+        """Run one entry; True when its slot was released early (a new worker took over the container)."""
         if self.stopping.is_set() or not container.acquire():
             # removed (keep-alive) or shutting down between the read and now: hand the entry back
             streams.requeue(self.r, queue, self.group, entry_id, fields, streams.attempt_of(fields))
-            return
+            return False
+        slot = SourceSlot(container)
+        handed_off = False
+
+        def release_early() -> None:
+            nonlocal handed_off
+            if slot.release() and not self.stopping.is_set() and container.state is not container.state.REMOVING:
+                handed_off = True
+                self._start_worker(container, queue, "after-handoff")
+
         try:
-            self.handle(container, queue, entry_id, fields)
+            self.handle(container, queue, entry_id, fields, release_early)
         except Exception:
             log.exception("handling %s of %s failed; the entry stays pending for the reclaimer", entry_id, queue)
         finally:
-            container.release()
+            slot.release()
+        return handed_off
 
     # --- one entry ------------------------------------------------------------------------
-    def handle(self, container: Container, queue: str, entry_id: str, fields: Mapping[Any, Any]) -> None:
+    def handle(self, container: Container, queue: str, entry_id: str, fields: Mapping[Any, Any],
+               release_early: Callable[[], None] | None = None) -> None:
         try:
             inv = ActivationStore.decode_message(fields)
         except ValueError as exc:
@@ -134,7 +178,7 @@ class Dispatcher:
             self.in_flight[entry_id] = InFlight(queue, entry_id, aid)
         try:
             try:
-                record = self.execute(container, inv, streams.attempt_of(fields))
+                record = self.execute(container, inv, streams.attempt_of(fields), release_early)
             except Abandoned:
                 log.warning("abandoning %s on shutdown; it will be reclaimed and run elsewhere", aid)
                 if self.r.get(claim) == self.consumer:
@@ -150,7 +194,8 @@ class Dispatcher:
             with self._lock:
                 self.in_flight.pop(entry_id, None)
 
-    def execute(self, container: Container, inv: Invocation, attempt: int = 1) -> ActivationRecord:
+    def execute(self, container: Container, inv: Invocation, attempt: int = 1,
+                release_early: Callable[[], None] | None = None) -> ActivationRecord:
         action = self.actions.get(inv.namespace, inv.action)
         limits = action.limits if action else Limits()
         node = self.settings.node_id
@@ -190,12 +235,21 @@ class Dispatcher:
         running = self._register_run(container, inv)
         handoff: migration.Handoff | None = None
         outcome: runtime_client.RunOutcome
+        handed_off = False
+
+        def release_source() -> None:  # the source stopped at a hand-off: its slot takes new work now
+            nonlocal handed_off
+            handed_off = True
+            if release_early is not None:
+                release_early()
+
+        slots = LeasedSlots(self.settings, self.r, self.keys, self.leases, release_source, inv.deadline_ms)
         try:
             outcome = runtime_client.run(container.handle.url, body, inv.deadline_ms, stream_to)
             # a live migration stopped the run here: it continues on the destination (faas_llm.migration)
             handoff = migration.continue_if_migrated(
                 self.r, self.keys, running, body, outcome,
-                lambda url, b, s: runtime_client.run(url, b, inv.deadline_ms, s), stream_to)
+                lambda url, b, s: runtime_client.run(url, b, inv.deadline_ms, s), stream_to, slots)
             if handoff is not None:
                 outcome = handoff.outcome  # type: ignore[assignment]
         except runtime_client.RunTimedOut:
@@ -213,8 +267,10 @@ class Dispatcher:
         if not timed_out and outcome.status is ActivationStatus.DEVELOPER_ERROR and end_ms >= inv.deadline_ms:
             timed_out = True
             outcome.result = {"error": timeout_message(limits)}
-        alive = not broken and self.pool.factory.alive(container.handle)
-        logs = container.handle.logs.collect(timeout_s=1.0 if alive else 0.2) if collect_logs else []
+        # after a hand-off the source container may already serve (or have made way for) other work
+        alive = not broken and (handed_off or self.pool.factory.alive(container.handle))
+        logs = container.handle.logs.collect(timeout_s=1.0 if alive and not handed_off else 0.2) \
+            if collect_logs else []
         if inv.stream and not stream_complete:
             self._finish_stream(inv, outcome)
         wait_s = max(0, start_ms - inv.enqueued_ms) / 1000
@@ -230,7 +286,7 @@ class Dispatcher:
             timed_out=timed_out,
         )
         self._observe(inv, facts)
-        if broken or not alive:
+        if (broken or not alive) and not handed_off:
             self.pool.replace(container)
         record = build_record(inv, facts, limits)
         return handoff.annotate(record) if handoff is not None else record
@@ -241,7 +297,7 @@ class Dispatcher:
         model = container.action.exec.model if container.action else ""
         run = migration.RunningRun(activation_id=inv.activation_id, node=self.settings.node_id, container=container.id,
                                    url=container.handle.url, namespace=inv.namespace, action=inv.action, model=model,
-                                   deadline_ms=inv.deadline_ms)
+                                   deadline_ms=inv.deadline_ms, started_ms=now_ms(), max_tokens=_max_tokens(inv.params))
         try:
             migration.register_run(self.r, self.keys, run)
             record_invocation(self.r, self.keys, model, self.settings.prefetch_window_s)
@@ -273,6 +329,7 @@ class Dispatcher:
     # --- leases -------------------------------------------------------------------------
     def renew_leases(self) -> None:
         """Reset the idle time of our in-flight entries and extend their run claims."""
+        self.leases.renew(self.r, self.keys, slot_lease.lease_ttl_ms(self.settings))
         with self._lock:
             flights = list(self.in_flight.values())
         if not flights:

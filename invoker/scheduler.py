@@ -12,6 +12,9 @@ Every invoker runs a tick; per action queue one of them wins a short lock
    decision books one expected run on that instance and starts nothing; otherwise a start
    request goes to the node's stream (``keys.node_starts``), which its invoker turns into a
    container (:meth:`invoker.pool.ContainerPool.place`).
+3. migration-aware placement (:mod:`invoker.migrate_place`): when the node where the start would
+   begin soonest is full and moving one of its runs elsewhere makes the start sooner, that run is
+   migrated and the start waits for (then takes) its slot.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from faas_llm.settings import Settings
 from faas_llm.types import Action, ContainerState, Limits, NodeReport, now_ms
 from invoker import streams
 from invoker.cluster import ActionCache, ModelSizes, read_inventories, read_reports
+from invoker.migrate_place import MigrationPlacer
 
 log = logging.getLogger(__name__)
 START_REQUEST_FIELD = "request"
@@ -75,7 +79,8 @@ class Scheduler:
                  consumer: str, expected_run_s: Callable[[str, str], float],
                  fail_backlog: Callable[[str, str, ActivationStatus, str, int], int],
                  expire_backlog: Callable[[str, str, Limits | None], int] | None = None,
-                 boot_s: Callable[[], float] = lambda: 0.0) -> None:
+                 boot_s: Callable[[], float] = lambda: 0.0,
+                 send_migrate: Callable[[str, str], None] | None = None) -> None:
         self.settings, self.r, self.keys, self.actions = settings, r, keys, actions
         self.policy, self.consumer = policy, consumer
         self.expected_run_s = expected_run_s
@@ -84,6 +89,8 @@ class Scheduler:
         self.boot_s = boot_s
         self.sizes = ModelSizes(settings)
         self.group = keys.consumer_group()
+        self.migrations = None if send_migrate is None else MigrationPlacer(
+            settings, r, keys, send_migrate, expected_run_s, self.sizes.size, boot_s)
 
     def tick(self) -> dict[str, int]:
         """One scheduling pass over every action queue; returns start requests sent per action."""
@@ -142,6 +149,16 @@ class Scheduler:
         sent = 0
         for _ in range(wanted):
             decision = self.policy.choose(request, views)
+            hold = None if self.migrations is None else self.migrations.consider(
+                action, request, views, decision, reports, inventories)
+            if hold is not None and not hold.ready:
+                break  # a migration frees a slot for this start: wait for it
+            if hold is not None:
+                self.send_start(hold.node, action)
+                log.info("placing %s/%s on %s, in the slot a migration freed", ns, name, hold.node)
+                views = book_start(views, hold.node, request.size_bytes)
+                sent += 1
+                continue
             if decision is None:
                 log.info("no node can start %s/%s now", ns, name)
                 break

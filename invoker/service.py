@@ -32,6 +32,7 @@ from invoker.cluster import ActionCache, publish_report, read_reports, withdraw_
 from invoker.container import Container
 from invoker.dispatch import Dispatcher
 from invoker.factory import ContainerFactory, make_factory
+from invoker.leases import SlotLeases
 from invoker.metrics import InvokerMetrics
 from invoker.pool import ContainerPool
 from invoker.scheduler import START_REQUEST_FIELD, Scheduler, instances_of
@@ -54,11 +55,13 @@ class Invoker:
                                      self.consumer)
         self.scheduler = Scheduler(settings, self.r, self.keys, self.actions, make_policy(settings.placement_policy),
                                    self.consumer, self.dispatcher.expected_run_s, self.dispatcher.fail_backlog,
-                                   self.dispatcher.expire_backlog, lambda: self.pool.boot_s)
+                                   self.dispatcher.expire_backlog, lambda: self.pool.boot_s, self._send_migrate)
         self.stopping = threading.Event()
+        self.leases = SlotLeases(self.r, self.keys, self.pool, self.stopping)  # slots held by migrated runs
         self.draining = False
         self._threads: list[threading.Thread] = []
         self._starts_after = "0-0"
+        self._celery: Any = None
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> Invoker:
@@ -91,11 +94,21 @@ class Invoker:
         except redis.RedisError:
             pass
         self.factory.close()
+        if self._celery is not None:
+            self._celery.close()
         self.r.close()
 
     def wait(self) -> None:
         while not self.stopping.wait(1.0):
             pass
+
+    def _send_migrate(self, activation_id: str, destination: str) -> None:
+        """Queue a live migration (the Celery ``faas_llm.migrate`` task; the app is made on first use)."""
+        from faas_llm.celery_app import create_celery, send_migrate
+
+        if self._celery is None:
+            self._celery = create_celery(self.settings)
+        send_migrate(self._celery, activation_id, destination)
 
     # --- callbacks from the pool -----------------------------------------------------------
     def _on_ready(self, container: Container) -> None:
@@ -139,6 +152,8 @@ class Invoker:
                     self._handle_start(fields)
 
     def _handle_start(self, fields: dict[str, str]) -> None:
+        if self.leases.handle(fields):  # a run slot leased to (or given back by) a migrated run
+            return
         try:
             req = json.loads(fields[START_REQUEST_FIELD])
             ns, name, rid = str(req["namespace"]), str(req["action"]), str(req["id"])
@@ -165,6 +180,7 @@ class Invoker:
 
     def maintain_once(self) -> None:
         self.dispatcher.renew_leases()
+        self.leases.sweep()
         self.publish()
         reports = read_reports(self.r, self.keys)
         self.expire_idle(reports)

@@ -17,6 +17,7 @@ def test_every_key_has_the_prefix_and_matches_the_pattern() -> None:
         keys.node_starts("n"), keys.action_starts("ns", "a"), keys.placement_lock("ns", "a"),
         keys.activation_running("id"), keys.node_running("n"), keys.model_popularity_window(5), keys.models_kept(),
         keys.celery_dead_nodes(), keys.celery_lock("x"), keys.node_drain("n"),
+        keys.migration_plan("ns", "a"), keys.slot_lease("l"), keys.slot_grant("l"),
     ]
     assert len(set(built)) == len(built), "two different things share a key"
     for key in built:
