@@ -108,16 +108,17 @@ def test_keys_are_stored_hashed_and_never_logged_or_recorded(rel: RelCluster, in
     assert records[str(aid)].response.success, records[str(aid)].response
     assert records[str(aid)].logs, "the action's output should be in its record"
     secrets = [rel.key.split(":", 1)[1], intruder.auth[1]]  # type: ignore[index]
-    for secret in secrets:
-        assert len(secret) >= 32
-        for key, value in redis_values(rel.r):
-            assert secret not in value, f"a raw API key is stored in Redis under {key}"
-        for path in rel.data_dir.rglob("*"):
-            if path.is_file() and not path.is_symlink() and path.stat().st_size < 50 * 2**20 and \
-                    "registry" not in path.parts and path.suffix not in (".bin", ".safetensors"):
-                assert secret.encode() not in path.read_bytes(), f"the API key appears in {path}"
-        listed = rel.http.get(rel.url("activations"), params={"docs": "true", "limit": "200"}).text
-        assert secret not in listed
+    assert all(len(secret) >= 32 for secret in secrets)
+    for key, value in redis_values(rel.r):
+        assert not any(secret in value for secret in secrets), f"a raw API key is stored in Redis under {key}"
+    for path in rel.data_dir.rglob("*"):
+        # text we write (logs, state, runtime output); model weights (registry, SSD tier) are skipped
+        if path.is_file() and not path.is_symlink() and path.stat().st_size < 8 * 2**20 and \
+                not {"registry", "ssd"} & set(path.parts):
+            data = path.read_bytes()
+            assert not any(secret.encode() in data for secret in secrets), f"the API key appears in {path}"
+    listed = rel.http.get(rel.url("activations"), params={"docs": "true", "limit": "200"}).text
+    assert not any(secret in listed for secret in secrets)
 
 
 def test_cache_socket_and_listening_ports_are_local_only(rel: RelCluster) -> None:
