@@ -49,6 +49,7 @@ CASES: dict[str, str] = {
     "faas-llm load_model": "model",
     "faas-llm load_model (O_DIRECT only)": "model",
     "faas-llm load_model (mapped if cached)": "model",
+    "faas-llm load_model (mapped, no verify)": "model",
     "safetensors load_file": "tensors",
     "from_pretrained": "model",
     "torch.load": "tensors",
@@ -198,7 +199,7 @@ def _run_case(case: str) -> dict[str, Any]:
 
             model, stats = load_model(LocalDirSource(CKPT_DIR, use_page_cache=False), pool=pool, settings=settings)
         elif "mapped" in case:  # the default: a checkpoint wholly in the page cache is mapped, not copied
-            model, stats = load_model(CKPT_DIR, pool=pool, settings=settings)
+            model, stats = load_model(CKPT_DIR, pool=pool, settings=settings, verify="no verify" not in case)
         else:  # always into the pre-faulted pool
             model, stats = load_model(CKPT_DIR, pool=pool, settings=settings, map_cached=False)
         tensors = model.state_dict()
@@ -383,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="cold", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cases", default="", help="comma-separated subset of cases (default: all)")
+    parser.add_argument("--cases", default="", help="semicolon-separated subset of cases (default: all)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the chunk size x threads sweep")
     parser.add_argument("--no-dram", action="store_true", help="skip the shared-memory (DRAM tier) cases")
     parser.add_argument("--modes", default="cold,warm", help="which of cold,warm to run")
@@ -401,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
     args.runs_log.parent.mkdir(parents=True, exist_ok=True)
     args.runs_log.write_text("")
     notes = prepare()
-    cases = [c for c in CASES if not args.cases or c in args.cases.split(",")]
+    cases = [c for c in CASES if not args.cases or c in args.cases.split(";")]
     raw: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for rep in range(args.repeats):
         for mode in args.modes.split(","):

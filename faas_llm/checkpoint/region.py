@@ -149,9 +149,10 @@ class SharedRegion(Region):
 
     @classmethod
     def attach(cls, name: str, *, writable: bool = False, shm_dir: Path = SHM_DIR,
-               populate: bool = True) -> SharedRegion:
-        """Map an existing segment. ``populate`` maps every page now (MAP_POPULATE), so the
-        first forward pass does not pay page faults; the pages are shared, never copied."""
+               populate: bool = False) -> SharedRegion:
+        """Map an existing segment; the pages are shared, never copied. ``populate`` builds every
+        page-table entry now (MAP_POPULATE): measured 0.7 s for 2.6 GB of 4 KiB shmem pages on the
+        dev VM against 0.06 s lazily, with no faster first forward pass, so it is off by default."""
         path = cls.path_for(name, shm_dir)
         try:
             fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
