@@ -134,8 +134,9 @@ def main() -> None:
             from faas_llm.demo_models import make_demo_model
 
             model_dir = make_demo_model(root / "model", size="tiny")
-        (root / "registry").mkdir()
-        (root / "registry" / "bench-model").symlink_to(Path(model_dir).resolve(), target_is_directory=True)
+        from faas_llm.registry import FileRegistry
+
+        FileRegistry(root / "registry").push(Path(model_dir), "bench-model")
         base = Settings(redis_url=server.url, data_dir=root / "data", registry_url=f"file://{root / 'registry'}",
                         heartbeat_interval_s=0.1, runtime_drain_s=1.0, loader_direct_io=False)
         rows = [

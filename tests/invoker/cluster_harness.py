@@ -134,9 +134,11 @@ def annotation(record: ActivationRecord, key: str) -> Any:
 
 
 def link_models(registry: Path, source: Path, names: list[str]) -> None:
-    registry.mkdir(parents=True, exist_ok=True)
+    """Store ``source`` (a model directory, as is) under each name through the registry's API."""
+    from faas_llm.registry import FileRegistry
+
     for name in names:
-        (registry / name).symlink_to(source, target_is_directory=True)
+        FileRegistry(registry).push(source, name)
 
 
 def dumps(obj: Any) -> str:
