@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import statistics
 import tempfile
 import threading
@@ -32,6 +33,7 @@ import redis
 
 from bench.common import Row, add_common_args, print_table, write_json
 from bench.runtime_bench import Runtime
+from faas_llm import slot_lease
 from faas_llm.activations import ActivationStore
 from faas_llm.keys import Keys
 from faas_llm.migration import Coordinator, RunningRun, continue_if_migrated, register_run, unregister_run
@@ -48,6 +50,19 @@ def publish_destination(r: Any, keys: Keys, url: str) -> None:
         id="b-1", state=ContainerState.IDLE, namespace="bench", action="gen", model="m", url=url)])
     r.set(keys.node("B"), report.model_dump_json())
     r.zadd(keys.nodes_index(), {"B": report.ts})
+
+
+def grant_leases(r: Any, keys: Keys, stop: threading.Event) -> None:
+    """B's invoker's side of the slot lease the coordinator takes before the hand-off (its container is idle
+    here, so every request is granted at once; the real one is invoker.leases.SlotLeases)."""
+    last = "$"
+    while not stop.is_set():
+        for _stream, entries in r.xread({keys.node_starts("B"): last}, block=200) or []:
+            for entry_id, fields in entries:
+                last = entry_id
+                if slot_lease.LEASE_FIELD in fields:
+                    lease_id = json.loads(fields[slot_lease.LEASE_FIELD])["id"]
+                    r.rpush(keys.slot_grant(lease_id), slot_lease.GRANTED)
 
 
 def one_run(settings: Settings, r: Any, keys: Keys, a: Runtime, b: Runtime, tokens: int,
@@ -114,6 +129,8 @@ def bench_model(label: str, model_dir: Path, work: Path, settings: Settings, r: 
         for rt in (a, b):
             rt.post("/init", {"value": {"checkpoint": str(model_dir)}})
         publish_destination(r, keys, b.url)
+        stop = threading.Event()
+        threading.Thread(target=grant_leases, args=(r, keys, stop), daemon=True).start()
         one_run(settings, r, keys, a, b, 8, None)  # warm both paths
         base = one_run(settings, r, keys, a, b, tokens, None)
         rows: list[Row] = []
@@ -129,6 +146,7 @@ def bench_model(label: str, model_dir: Path, work: Path, settings: Settings, r: 
                 "migration s": statistics.median(run["to_first_b_s"] for run in runs),
                 "rounds": statistics.median(run["rounds"] or 0 for run in runs), "same output": same,
             })
+        stop.set()
         return rows
     finally:
         a.stop()
