@@ -75,3 +75,20 @@ def test_decode_message_reads_a_kombu_protocol_2_message() -> None:
     assert (task.name, task.task_id, task.kwargs) == ("t", "i", {"model": "m", "node": "n"})
     with pytest.raises(ValueError):
         decode_message(json.dumps({"body": "x", "content-type": "application/x-python-serialize", "headers": {}}))
+
+
+def test_remaining_time_follows_the_pace_so_far_else_the_usual_run_time() -> None:
+    from faas_llm.migration_policy import remaining_s
+
+    assert remaining_s(generated=100, max_tokens=500, elapsed_s=2.0, expected_run_s=9.0) == pytest.approx(8.0)
+    assert remaining_s(generated=500, max_tokens=500, elapsed_s=2.0, expected_run_s=9.0) == 0.0
+    assert remaining_s(generated=0, max_tokens=500, elapsed_s=2.0, expected_run_s=9.0) == 7.0  # no pace yet
+    assert remaining_s(generated=10, max_tokens=0, elapsed_s=12.0, expected_run_s=9.0) == 0.0
+
+
+def test_full_nodes_sooner_than_the_baseline_are_the_migration_candidates() -> None:
+    from faas_llm.migration_policy import full_nodes_sooner
+
+    loads = [("a", 1.0, False), ("b", 0.5, True), ("c", 3.0, False), ("d", 0.8, False), ("e", 9.0, False)]
+    assert full_nodes_sooner(loads, baseline_s=5.0) == [("d", 0.8), ("a", 1.0), ("c", 3.0)]
+    assert full_nodes_sooner(loads, baseline_s=0.5) == []
