@@ -23,7 +23,8 @@ import dataclasses
 import json
 import logging
 import secrets
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from faas_llm.autoscale import instances_to_start
@@ -91,17 +92,27 @@ class Scheduler:
         self.group = keys.consumer_group()
         self.migrations = None if send_migrate is None else MigrationPlacer(
             settings, r, keys, send_migrate, expected_run_s, self.sizes.size, boot_s)
+        # the periodic tick and the cold-start watch (invoker.coldwatch) tick from two threads: one at a time
+        self._tick_lock = threading.Lock()
 
-    def tick(self) -> dict[str, int]:
-        """One scheduling pass over every action queue; returns start requests sent per action."""
+    def tick(self, only: Iterable[str] | None = None) -> dict[str, int]:
+        """One scheduling pass over every action queue (or the queues ``only``); returns start requests sent
+        per action."""
+        with self._tick_lock:
+            return self._tick(only)
+
+    def _tick(self, only: Iterable[str] | None) -> dict[str, int]:
         lock_ms = max(200, int(self.settings.heartbeat_interval_s * 1500))
         mine: list[tuple[str, str, str, int]] = []
-        for queue in sorted(self.r.smembers(self.keys.queues_index())):
+        queues = self.r.smembers(self.keys.queues_index()) if only is None else set(only)
+        for queue in sorted(queues):
             target = streams.queue_action(self.keys, queue)
             if target is None:
                 continue
             ns, name = target
-            if not self.r.set(self.keys.placement_lock(ns, name), self.consumer, nx=True, px=lock_ms):
+            lock = self.keys.placement_lock(ns, name)
+            # the lock keeps other invokers out for lock_ms; this invoker's own second pass within it goes on
+            if not self.r.set(lock, self.consumer, nx=True, px=lock_ms) and self.r.get(lock) != self.consumer:
                 continue
             # Start requests are read BEFORE the reports: a node publishes its report (with the new
             # container) before it removes the request, so every start is seen in one or the other.

@@ -29,6 +29,7 @@ from faas_llm.settings import Settings
 from faas_llm.types import Action, ContainerState, NodeReport, now_ms
 from invoker import reclaim, streams
 from invoker.cluster import ActionCache, publish_report, read_reports, withdraw_report
+from invoker.coldwatch import ColdWatch
 from invoker.container import Container
 from invoker.dispatch import Dispatcher
 from invoker.factory import ContainerFactory, make_factory
@@ -62,6 +63,9 @@ class Invoker:
         self._threads: list[threading.Thread] = []
         self._starts_after = "0-0"
         self._celery: Any = None
+        self._reports: list[NodeReport] = []  # the other nodes' reports, as of the last maintenance pass
+        # a cold start is scheduled the moment its invocation arrives, not at the next maintenance tick
+        self.coldwatch = ColdWatch(self.r, self.keys, self._has_instance, self._schedule_now, self.stopping)
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> Invoker:
@@ -71,7 +75,8 @@ class Invoker:
         self._starts_after = last[0][0] if last else "0-0"
         self.publish()
         self.pool.ensure_prewarm()
-        for target, name in ((self._maintain, "maintain"), (self._listen_starts, "starts")):
+        for target, name in ((self._maintain, "maintain"), (self._listen_starts, "starts"),
+                             (self.coldwatch.run, "coldwatch")):
             thread = threading.Thread(target=target, name=f"invoker-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -183,6 +188,7 @@ class Invoker:
         self.leases.sweep()
         self.publish()
         reports = read_reports(self.r, self.keys)
+        self._reports = [rep for rep in reports if rep.node != self.settings.node_id]
         self.expire_idle(reports)
         # faas-llm node drain: no new work while the key exists; idle and prewarmed containers go (the
         # drain waits for an empty node). Under the pool's lock: a placement binds a prewarmed runtime there.
@@ -199,6 +205,13 @@ class Invoker:
         reclaim.sweep(self.settings, self.r, self.keys, self.store, self.actions, self.metrics, self.consumer)
         self.scheduler.tick()
         self._gauges()
+
+    def _has_instance(self, namespace: str, action: str) -> bool:
+        """Whether the action has an instance here (the pool, now) or on another node (its last report)."""
+        return bool(self.pool.of_action(namespace, action)) or instances_of(self._reports, namespace, action)[0] > 0
+
+    def _schedule_now(self, queues: list[str]) -> None:
+        self.scheduler.tick(only=queues)
 
     def expire_idle(self, reports: list[NodeReport]) -> list[str]:
         """Remove idle containers past their action's keep-alive, keeping ``min_instances`` in the cluster."""
