@@ -46,6 +46,8 @@ from invoker.records import RunFacts, build_record, failure_record, runtime_ttft
 
 log = logging.getLogger(__name__)
 BLOCK_MS = 500
+#: delete the run claim only while this consumer holds it (compare-and-delete)
+RELEASE_CLAIM = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 @dataclass(frozen=True)
@@ -165,15 +167,21 @@ class Dispatcher:
             streams.ack_delete(self.r, queue, self.group, entry_id)
             return
         aid = inv.activation_id
-        if self.store.get(aid) is not None:
+        claim = self.keys.activation_claim(aid)
+        # one round trip: is a record stored already, take the run claim, and who holds it
+        pipe = self.r.pipeline(transaction=False)
+        pipe.exists(self.keys.activation(aid))
+        pipe.set(claim, self.consumer, nx=True, px=self.settings.claim_idle_ms)
+        pipe.get(claim)
+        finished, took, owner = pipe.execute()
+        if finished:
+            if took:
+                self.r.delete(claim)
             streams.ack_delete(self.r, queue, self.group, entry_id)
             return
-        claim = self.keys.activation_claim(aid)
-        if not self.r.set(claim, self.consumer, nx=True, px=self.settings.claim_idle_ms):
-            owner = self.r.get(claim)
-            if owner != self.consumer:
-                log.info("activation %s is claimed by %s; leaving entry %s pending", aid, owner, entry_id)
-                return
+        if not took and owner != self.consumer:
+            log.info("activation %s is claimed by %s; leaving entry %s pending", aid, owner, entry_id)
+            return
         with self._lock:
             self.in_flight[entry_id] = InFlight(queue, entry_id, aid)
         try:
@@ -187,9 +195,12 @@ class Dispatcher:
             stored = self.store.complete(record)
             if not stored:
                 log.info("activation %s already had a record; this run's result is dropped", aid)
-            streams.ack_delete(self.r, queue, self.group, entry_id)
-            if self.r.get(claim) == self.consumer:
-                self.r.delete(claim)
+            # ack + delete the entry and drop our claim, in one round trip
+            pipe = self.r.pipeline(transaction=True)
+            pipe.xack(queue, self.group, entry_id)
+            pipe.xdel(queue, entry_id)
+            pipe.eval(RELEASE_CLAIM, 1, claim, self.consumer)  # EVAL, not a Script: no SCRIPT EXISTS round trip
+            pipe.execute()
         finally:
             with self._lock:
                 self.in_flight.pop(entry_id, None)

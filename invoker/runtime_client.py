@@ -7,6 +7,7 @@ Outcomes are plain data; a runtime that cannot be reached or dies mid-run raises
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,28 @@ from faas_llm.types import LoadTier
 
 #: Extra seconds past the deadline before the invoker gives up on a runtime's reply.
 DEADLINE_GRACE_S = 5.0
+#: A kept-alive connection idle longer than this is not reused: the runtime closes its side after its
+#: gunicorn ``keepalive`` (5 s), and a request racing that close would look like a dead runtime.
+REUSE_IDLE_S = 2.0
+
+_local = threading.local()
+
+
+def _session() -> requests.Session:
+    """This thread's keep-alive session (one TCP connection per runtime, reused while it stays busy)."""
+    now = time.monotonic()
+    session: requests.Session | None = getattr(_local, "session", None)
+    if session is not None and now - _local.used > REUSE_IDLE_S:
+        session.close()
+        session = None
+    if session is None:
+        session = _local.session = requests.Session()
+    _local.used = now
+    return session
+
+
+def _used() -> None:
+    _local.used = time.monotonic()
 
 
 class RuntimeGone(Exception):
@@ -99,7 +122,7 @@ def run(url: str, body: dict[str, Any], deadline_ms: int, on_chunk: TokenSink | 
     timeout = max(0.5, deadline_ms / 1000 - time.time() + DEADLINE_GRACE_S)
     started = time.monotonic()
     try:
-        resp = requests.post(f"{url}/run", json=body, timeout=(5, timeout), stream=True)
+        resp = _session().post(f"{url}/run", json=body, timeout=(5, timeout), stream=True)
     except requests.Timeout:
         raise RunTimedOut() from None
     except requests.RequestException as exc:
@@ -122,7 +145,8 @@ def run(url: str, body: dict[str, Any], deadline_ms: int, on_chunk: TokenSink | 
     except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as exc:
         raise RuntimeGone(str(exc)) from None
     finally:
-        resp.close()
+        resp.close()  # a body read to its end returns the connection to the session's pool
+        _used()
 
 
 def _read_stream(resp: requests.Response, started: float, on_chunk: TokenSink | None) -> RunOutcome:
