@@ -6,8 +6,8 @@ Outcomes are plain data; a runtime that cannot be reached or dies mid-run raises
 
 from __future__ import annotations
 
+import http.client
 import json
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,33 +17,10 @@ import requests
 
 from faas_llm.errors import ActivationStatus, InitError
 from faas_llm.types import LoadTier
+from invoker import keepalive
 
 #: Extra seconds past the deadline before the invoker gives up on a runtime's reply.
 DEADLINE_GRACE_S = 5.0
-#: A kept-alive connection idle longer than this is not reused: the runtime closes its side after its
-#: gunicorn ``keepalive`` (5 s), and a request racing that close would look like a dead runtime.
-REUSE_IDLE_S = 2.0
-
-_local = threading.local()
-
-
-def _session() -> requests.Session:
-    """This thread's keep-alive session (one TCP connection per runtime, reused while it stays busy)."""
-    now = time.monotonic()
-    session: requests.Session | None = getattr(_local, "session", None)
-    if session is not None and now - _local.used > REUSE_IDLE_S:
-        session.close()
-        session = None
-    if session is None:
-        session = _local.session = requests.Session()
-    _local.used = now
-    return session
-
-
-def _used() -> None:
-    _local.used = time.monotonic()
-
-
 class RuntimeGone(Exception):
     """The runtime closed the connection or cannot be reached (it crashed or was killed)."""
 
@@ -118,41 +95,46 @@ TokenSink = Callable[[dict[str, Any]], None]
 
 
 def run(url: str, body: dict[str, Any], deadline_ms: int, on_chunk: TokenSink | None = None) -> RunOutcome:
-    """``POST /run``; NDJSON streams go chunk by chunk to ``on_chunk`` (``{"text", "token_ids"}``)."""
+    """``POST /run``; NDJSON streams go chunk by chunk to ``on_chunk`` (``{"text", "token_ids"}``).
+
+    Over this thread's keep-alive connection to the runtime (:mod:`invoker.keepalive`)."""
     timeout = max(0.5, deadline_ms / 1000 - time.time() + DEADLINE_GRACE_S)
     started = time.monotonic()
     try:
-        resp = _session().post(f"{url}/run", json=body, timeout=(5, timeout), stream=True)
-    except requests.Timeout:
+        resp = keepalive.post(url, "/run", json.dumps(body).encode(), 5.0, timeout)
+    except TimeoutError:
         raise RunTimedOut() from None
-    except requests.RequestException as exc:
-        raise RuntimeGone(str(exc)) from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise RuntimeGone(f"/run failed: {exc!r}") from None
     try:
-        if resp.headers.get("Content-Type", "").startswith("application/x-ndjson"):
-            return _read_stream(resp, started, on_chunk)
-        try:
-            content = resp.content
-        except requests.exceptions.ConnectionError as exc:
-            raise RuntimeGone(str(exc)) from None
-        try:
-            parsed = json.loads(content)
-        except ValueError:
-            parsed = None
-        status, result = classify(resp.status_code, parsed)
-        return RunOutcome(status, result)
-    except requests.Timeout:
+        if (resp.getheader("Content-Type") or "").startswith("application/x-ndjson"):
+            outcome = _read_stream(resp, started, on_chunk)
+        else:
+            content = resp.read()
+            try:
+                parsed = json.loads(content)
+            except ValueError:
+                parsed = None
+            status, result = classify(resp.status, parsed)
+            outcome = RunOutcome(status, result)
+        keepalive.finish(url, resp)
+        return outcome
+    except TimeoutError:
+        keepalive.discard()
         raise RunTimedOut() from None
-    except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as exc:
-        raise RuntimeGone(str(exc)) from None
-    finally:
-        resp.close()  # a body read to its end returns the connection to the session's pool
-        _used()
+    except (OSError, http.client.HTTPException) as exc:
+        keepalive.discard()
+        raise RuntimeGone(f"/run failed: {exc!r}") from None
+    except BaseException:
+        keepalive.discard()
+        raise
 
 
-def _read_stream(resp: requests.Response, started: float, on_chunk: TokenSink | None) -> RunOutcome:
+def _read_stream(resp: http.client.HTTPResponse, started: float, on_chunk: TokenSink | None) -> RunOutcome:
     first: float | None = None
     tokens = 0
-    for line in resp.iter_lines():
+    for raw in iter(resp.readline, b""):
+        line = raw.strip()
         if not line:
             continue
         event = json.loads(line)
