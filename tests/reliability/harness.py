@@ -53,6 +53,22 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 60.0, 
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+def describe(records: dict[str, ActivationRecord] | list[ActivationRecord]) -> list[str]:
+    """One line per record for an assertion message: id, node, status and the error, if any."""
+    out = []
+    for record in records.values() if isinstance(records, dict) else records:
+        result = record.response.result or {}
+        error = result.get("error") if isinstance(result, dict) else None
+        line = f"{record.activationId} on {record.node}: {record.response.status}"
+        out.append(f"{line} ({error})" if error else line)
+    return out
+
+
+def failed(records: dict[str, ActivationRecord]) -> list[str]:
+    """:func:`describe` of the records that are not a success."""
+    return describe([r for r in records.values() if not r.response.success])
+
+
 @dataclass
 class Ledger:
     """Accepted activation ids (in order) of one fault scenario."""
