@@ -71,7 +71,14 @@ class LoadedModel:
     source: str
     detail: dict[str, Any] = field(default_factory=dict)
     handle: Any = None
-    """What keeps the weights valid (a cache-agent lease and its heartbeating client), if anything."""
+    """What keeps the weights valid (the cache-agent client that holds and heartbeats the lease), if anything."""
+
+    def close(self) -> None:
+        """Give back what keeps the weights valid (release the lease, stop its heartbeat); the model
+        must not run after this."""
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            handle.close()
 
 
 class ModelSource(ABC):
@@ -191,17 +198,17 @@ def load_from_cache_agent(name: str, settings: Settings) -> LoadedModel:
     client = CacheClient(settings)
     try:
         loaded = client.load_model(name, fallback=True)
-    except CacheAgentError:
+        meta_dir = Path(loaded.lease.reply.meta_dir) if loaded.lease is not None else loaded.path
+        if meta_dir is None:
+            raise CacheAgentError(f"the cache agent gave no directory with the tokenizer of {name}")
+        tokenizer = load_tokenizer(meta_dir)
+    except BaseException:
         client.close()
         raise
-    meta_dir = Path(loaded.lease.reply.meta_dir) if loaded.lease is not None else loaded.path
-    if meta_dir is None:
-        raise CacheAgentError(f"the cache agent gave no directory with the tokenizer of {name}")
-    tokenizer = load_tokenizer(meta_dir)
     detail = {"lease": loaded.lease.lease_id} if loaded.lease is not None else {"path": str(loaded.path)}
     return LoadedModel(
         model=loaded.model.eval(), tokenizer=tokenizer, name=name, tier=loaded.tier,
-        load_s=time.perf_counter() - started, source="cache-agent", detail=detail, handle=(client, loaded),
+        load_s=time.perf_counter() - started, source="cache-agent", detail=detail, handle=client,
     )
 
 

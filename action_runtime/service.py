@@ -126,6 +126,11 @@ class RuntimeService:
         return {"ok": True, "model": info.model, "load_tier": info.tier.value, "load_s": info.load_s,
                 "init_s": info.init_s, "source": info.source}
 
+    def close(self) -> None:
+        """Give back the model's cache-agent lease, if any (the runtime is going away; no run after this)."""
+        if self._engine is not None:
+            self._engine.loaded.close()
+
     def init_from_settings(self) -> None:
         """Knative: initialise from ``settings.runtime_model`` at start, with no ``/init`` call."""
         try:
@@ -141,10 +146,14 @@ class RuntimeService:
         if value.env:
             export_env(value.env)
         loaded: LoadedModel = load_model(spec, self.settings, self.sources)
-        engine = Engine(loaded)
-        handler = None
-        if value.code and value.code.strip():
-            handler = compile_handler(value.code, value.main, _LLMFacade(self), value.name or "action")
+        try:
+            engine = Engine(loaded)
+            handler = None
+            if value.code and value.code.strip():
+                handler = compile_handler(value.code, value.main, _LLMFacade(self), value.name or "action")
+        except BaseException:
+            loaded.close()  # a failed init gives its lease back at once
+            raise
         self._engine, self._handler = engine, handler
         self._info = InitInfo(model=loaded.name, tier=loaded.tier, load_s=loaded.load_s,
                               init_s=time.perf_counter() - started, source=loaded.source, detail=loaded.detail)

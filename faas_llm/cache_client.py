@@ -13,7 +13,9 @@ maps the checkpoint's extent of the segment (``MAP_SHARED``, read-only) and view
 in it. The mapping is lazy by default: populating every page table entry of 2.6 GB up front
 (``populate=True``, ``MAP_POPULATE``) took 0.9 s on the development VM, while first-touch faults
 on shared memory map 64 KiB at a time (fault-around) during the first forward pass. A background
-thread heartbeats every live lease at a third of its TTL. When the agent is down,
+thread heartbeats every live lease at a third of its TTL while the client holds one: it ends
+when the last lease is released, when the client closes, or when the client is dropped (the
+thread holds it weakly). When the agent is down,
 :meth:`CacheClient.load_model` (``fallback=True``) loads the newest copy in the node's SSD
 tier with the checkpoint loader itself, else raises :class:`CacheAgentError`.
 """
@@ -27,6 +29,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -151,8 +154,10 @@ class CacheClient:
         self._leases: dict[str, CacheLease] = {}
         self._lock = threading.Lock()
         self._heartbeat = heartbeat
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()  # the running heartbeat thread's own stop signal (a new one per thread)
+        self._stop_box = [self._stop]  # reachable without the client: a client dropped unclosed stops its thread
+        weakref.finalize(self, _set_first, self._stop_box)
 
     # --- transport ---------------------------------------------------------------------------
     def _call(self, request: BaseModel, reply_type: type[Any], timeout_s: float | None = None) -> Any:
@@ -205,6 +210,8 @@ class CacheClient:
         lease_id = lease if isinstance(lease, str) else lease.lease_id
         with self._lock:
             self._leases.pop(lease_id, None)
+            if not self._leases:
+                self._end_heartbeat()
         self._call(ReleaseRequest(lease_id=lease_id), OkReply)
 
     def heartbeat(self) -> list[str]:
@@ -220,6 +227,8 @@ class CacheClient:
                 if lease is not None:
                     lease.expired = True
                     log.warning("cache lease %s on %s@%s expired", lease_id, lease.reply.model, lease.reply.version)
+            if not self._leases:
+                self._end_heartbeat()
         return reply.expired
 
     def prefetch(self, model: str, tier: Literal["dram", "ssd"] = "dram", version: int | None = None, *,
@@ -285,28 +294,39 @@ class CacheClient:
 
     # --- heartbeats ----------------------------------------------------------------------------
     def _ensure_heartbeat(self) -> None:
-        if not self._heartbeat or (self._thread is not None and self._thread.is_alive()):
+        if not self._heartbeat:
             return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._heartbeat_loop, name="cache-lease-heartbeat", daemon=True)
-        self._thread.start()
-
-    def _heartbeat_loop(self) -> None:
-        while True:
-            with self._lock:
-                ttls = [lease.reply.ttl_s for lease in self._leases.values()]
-            if self._stop.wait(min(ttls, default=self.settings.lease_ttl_s) / 3):
+        with self._lock:
+            if self._thread is not None:
                 return
-            try:
-                self.heartbeat()
-            except CacheAgentError as exc:
-                log.warning("cache lease heartbeat failed: %s", exc)
+            self._stop = self._stop_box[0] = threading.Event()
+            self._thread = threading.Thread(target=_heartbeat_loop, args=(weakref.ref(self), self._stop),
+                                            name="cache-lease-heartbeat", daemon=True)
+            self._thread.start()
+
+    def _next_heartbeat_s(self) -> float | None:
+        """Seconds to the next heartbeat for the calling heartbeat thread, or None when it is to end:
+        no lease is held (the thread is forgotten, the next acquire starts one) or it was replaced."""
+        with self._lock:
+            if self._thread is not threading.current_thread():
+                return None
+            if not self._leases:
+                self._end_heartbeat()
+                return None
+            return min(lease.reply.ttl_s for lease in self._leases.values()) / 3
+
+    def _end_heartbeat(self) -> None:
+        """Stop the heartbeat thread (if any) and forget it; call with ``_lock`` held."""
+        self._stop.set()
+        self._thread = None
 
     def close(self) -> None:
         """Stop heartbeating and release every lease still held (best effort)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        with self._lock:
+            thread = self._thread
+            self._end_heartbeat()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
         with self._lock:
             ids = list(self._leases)
         for lease_id in ids:
@@ -318,3 +338,27 @@ class CacheClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _set_first(box: list[threading.Event]) -> None:
+    box[0].set()
+
+
+def _heartbeat_loop(ref: weakref.ref[CacheClient], stop: threading.Event) -> None:
+    """Heartbeat the leases of the client ``ref`` names until it holds none, closes, or is gone."""
+    while True:
+        client = ref()
+        if client is None:
+            return
+        wait_s = client._next_heartbeat_s()
+        del client  # hold the client only while working, so dropping it ends this thread
+        if wait_s is None or stop.wait(wait_s):
+            return
+        client = ref()
+        if client is None:
+            return
+        try:
+            client.heartbeat()
+        except CacheAgentError as exc:
+            log.warning("cache lease heartbeat failed: %s", exc)
+        del client

@@ -4,6 +4,7 @@ through a real cache agent (zero-copy from its DRAM pool); outputs equal the Hug
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from action_runtime.app import create_app
+from action_runtime.app import SERVICE_KEY, create_app
+from faas_llm.cache_client import CacheClient
 from faas_llm.registry.local import FileRegistry
 from faas_llm.settings import Settings
 from tests.cache_agent.conftest import AgentProcess
@@ -30,10 +32,15 @@ def tiny_checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 def init_and_run(settings: Settings, value: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    client = create_app(settings, do_prewarm=False).test_client()
-    init = client.post("/init", json={"value": value})
-    assert init.status_code == 200, init.json
-    return init.json, client.post("/run", json=RUN).json
+    """Init a runtime with ``value``, run once, then close it (its cache-agent lease is given back)."""
+    app = create_app(settings, do_prewarm=False)
+    try:
+        client = app.test_client()
+        init = client.post("/init", json={"value": value})
+        assert init.status_code == 200, init.json
+        return init.json, client.post("/run", json=RUN).json
+    finally:
+        app.extensions[SERVICE_KEY].close()
 
 
 def test_faas_llm_checkpoint_loads_with_the_loader(tmp_path: Path, tiny_model_dir: Path,
@@ -61,6 +68,7 @@ def agent(settings: Settings, tmp_path: Path, tiny_checkpoint: Path) -> Iterator
 
 
 def test_registry_model_through_the_cache_agent(agent: Settings, tiny_model_dir: Path) -> None:
+    threads_before = set(threading.enumerate())
     _, reference = init_and_run(agent, {"checkpoint": str(tiny_model_dir)})
     cold, first = init_and_run(agent, {"model": "demo/tiny"})
     assert cold["source"] == "cache-agent" and cold["load_tier"] in ("registry", "ssd", "dram")
@@ -68,6 +76,9 @@ def test_registry_model_through_the_cache_agent(agent: Settings, tiny_model_dir:
     assert warm["load_tier"] == "dram"  # the second instance maps the agent's DRAM copy
     assert first["token_ids"] == second["token_ids"] == reference["token_ids"]
     assert second["model"] == "demo/tiny" and second["timings"]["load_tier"] == "dram"
+    # each closed runtime gave its lease back and stopped heartbeating: no lease left, no thread
+    assert CacheClient(agent, heartbeat=False).status().leases == 0
+    assert not [t for t in set(threading.enumerate()) - threads_before if t.name == "cache-lease-heartbeat"]
 
 
 def test_registry_model_without_an_agent_from_an_object_store(tmp_path: Path, tiny_checkpoint: Path,

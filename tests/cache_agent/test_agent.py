@@ -275,3 +275,35 @@ def test_cli_push_list_delete(agent_settings: Settings, tiny_model_dir: Path, tm
     deleted = run("delete", "org/cli")
     assert deleted.returncode == 0 and "1, 2" in deleted.stdout
     assert registry.names() == []
+
+
+def test_heartbeat_thread_lives_only_while_a_lease_is_held(agent: AgentProcess, registry: FileRegistry,
+                                                           tiny_ckpt: Path) -> None:
+    """No lease, no heartbeat: releasing the last lease, closing the client, or dropping the model
+    (and with it the client) ends the thread, so nothing heartbeats an agent that is gone."""
+    import gc
+    import threading
+
+    def heartbeats() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "cache-lease-heartbeat" and t not in before]
+
+    before = set(threading.enumerate())
+    registry.push(tiny_ckpt, "org/tiny")
+    client = CacheClient(agent.settings)
+    first, second = client.acquire("org/tiny"), client.acquire("org/tiny")
+    assert len(heartbeats()) == 1  # one thread per client, however many leases
+    first.release()
+    assert len(heartbeats()) == 1  # still one lease to keep
+    second.release()
+    wait_for(lambda: not heartbeats(), 5)
+    assert client.status().leases == 0
+    client.acquire("org/tiny")  # a new lease starts a new thread; close() ends it and releases
+    assert len(heartbeats()) == 1
+    client.close()
+    assert not heartbeats() and client.status().leases == 0
+
+    loaded = CacheClient(agent.settings).load_model("org/tiny", fallback=False)
+    assert len(heartbeats()) == 1
+    del loaded  # the model, its lease and its client dropped unclosed: the thread ends (the agent expires the lease)
+    gc.collect()
+    wait_for(lambda: not heartbeats(), 5)
