@@ -2,7 +2,9 @@
 (an index of names scored by last update, newest first when listed).
 
 Writes are optimistic transactions (WATCH/MULTI), so a concurrent create of the same
-name yields exactly one winner and one :class:`~faas_llm.errors.ConflictError`.
+name yields exactly one winner and one :class:`~faas_llm.errors.ConflictError`. An action stored
+with ``scaling.min_instances > 0`` also registers its queue in ``keys.queues_index()`` (the stream
+itself need not exist), so the invokers start its minimum instances without any invocation.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ class ActionStore:
                     pipe.multi()
                     pipe.set(key, action.model_dump_json())
                     pipe.zadd(self.keys.actions_index(namespace), {name: action.updated})
+                    if action.scaling.min_instances > 0:
+                        # the invokers' scheduler ticks over the queues index: it starts min_instances
+                        # before the first invocation (whose submit registers the queue otherwise)
+                        pipe.sadd(self.keys.queues_index(), self.keys.action_queue(namespace, name))
                     pipe.execute()
                     return action
                 except redis.WatchError:

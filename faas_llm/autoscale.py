@@ -4,7 +4,8 @@ Per action (:class:`~faas_llm.types.Scaling`): ``min_instances`` always kept,
 ``max_instances`` never exceeded, ``target_concurrency`` activations per instance
 (Knative's containerConcurrency target, ServerlessLLM's ``auto_scaling_config``),
 ``keep_alive`` seconds idle before an instance is removed (0: at once; scale to zero
-when ``min_instances`` is 0).
+when ``min_instances`` is 0). ``min_instances`` hold with no invocation at all: an action whose
+``min_instances > 0`` is scheduled from the moment it is created or updated (Knative's minScale).
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ def instances_to_start(scaling: Scaling, instances: int, in_flight: int, backlog
     """New instances to start now, given ``instances`` live or starting (never above max)."""
     room = scaling.max_instances - instances
     return max(0, min(room, desired_instances(scaling, in_flight, backlog) - instances))
+
+
+def starts_below_min(scaling: Scaling, instances: int) -> int:
+    """Of the starts, how many only bring the action up to ``min_instances`` (capped by max): these start
+    even with no demand, and never "wait for a warm instance" instead (an idle instance is not a new one)."""
+    return max(0, min(scaling.min_instances, scaling.max_instances) - max(0, instances))
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,11 @@ class Container:
             self._freed.notify_all()
             return True
 
+    def started_ahead(self) -> None:
+        """No invocation waited for this start (a ``min_instances`` one): its first run is a warm start."""
+        with self.lock:
+            self._cold_pending = False
+
     def take_cold(self) -> ColdFacts | None:
         """The cold-start facts for the container's first run (``None`` for every later run)."""
         with self.lock:

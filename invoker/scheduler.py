@@ -6,7 +6,9 @@ Every invoker runs a tick; per action queue one of them wins a short lock
 0. invocations still queued past their deadline get a timeout record (never left waiting);
 1. the autoscaler (:mod:`faas_llm.autoscale`) says how many instances to add, from the backlog,
    the runs in flight, the instances in the node reports and the start requests not yet
-   visible as containers (``keys.action_starts``), within ``min_instances`` / ``max_instances``;
+   visible as containers (``keys.action_starts``), within ``min_instances`` / ``max_instances``
+   (the queue of an action with ``min_instances > 0`` is in the queues index from its creation, so its
+   minimum starts with no invocation; those starts never "wait for a warm instance" instead);
 2. for each, the placement policy (``settings.placement_policy``, :mod:`faas_llm.placement`)
    picks a node from the node reports and cache inventories. A "wait for a warm instance"
    decision books one expected run on that instance and starts nothing; otherwise a start
@@ -27,7 +29,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from faas_llm.autoscale import instances_to_start
+from faas_llm.autoscale import instances_to_start, starts_below_min
 from faas_llm.errors import ActivationStatus
 from faas_llm.keys import Keys
 from faas_llm.placement import NodeView, PlacementPolicy, PlacementRequest, views_from_reports
@@ -146,9 +148,13 @@ class Scheduler:
         wanted = instances_to_start(action.scaling, instances + pending_starts, in_flight, backlog)
         if wanted <= 0:
             return 0
-        return self._place(action, wanted, reports, inventories)
+        return self._place(action, wanted, reports, inventories,
+                           must_start=starts_below_min(action.scaling, instances + pending_starts))
 
-    def _place(self, action: Action, wanted: int, reports: list[NodeReport], inventories: Any) -> int:
+    def _place(self, action: Action, wanted: int, reports: list[NodeReport], inventories: Any,
+               must_start: int = 0) -> int:
+        """Send up to ``wanted`` start requests; the first ``must_start`` (up to ``min_instances``) never
+        wait for a warm instance instead."""
         ns, name = action.namespace, action.name
         request = PlacementRequest(ns, name, action.exec.model, self.sizes.size(action.exec.model),
                                    action.limits.memory)
@@ -158,10 +164,12 @@ class Scheduler:
         views = [dataclasses.replace(v, warm_idle=0, warm_busy_free_s=(*v.warm_busy_free_s, *([run_s] * v.warm_idle)))
                  for v in views]
         sent = 0
-        for _ in range(wanted):
-            decision = self.policy.choose(request, views)
+        for i in range(wanted):
+            options = views if i >= must_start else [
+                dataclasses.replace(v, warm_idle=0, warm_busy_free_s=()) for v in views]
+            decision = self.policy.choose(request, options)
             hold = None if self.migrations is None else self.migrations.consider(
-                action, request, views, decision, reports, inventories)
+                action, request, options, decision, reports, inventories)
             if hold is not None and not hold.ready:
                 break  # a migration frees a slot for this start: wait for it
             if hold is not None:

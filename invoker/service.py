@@ -4,8 +4,11 @@ Threads: the pool's executor (starting / initialising / removing runtimes), one 
 run slot of each warm container (:mod:`invoker.dispatch`), the start-request listener (start
 requests the placement sent to this node) and the maintenance loop, every
 ``settings.heartbeat_interval_s``: renew run leases, publish the node report, remove idle
-containers past their keep-alive (keeping ``min_instances`` cluster-wide), top up prewarmed
-runtimes, reclaim invocations of dead consumers, schedule backlogged actions, update metrics.
+containers past their keep-alive (keeping ``min_instances`` cluster-wide; none of a deleted
+action), top up prewarmed runtimes, reclaim invocations of dead consumers, schedule backlogged
+actions (and the minimum instances of actions with ``min_instances > 0``), update metrics. A
+container that becomes ready with no invocation waiting (a ``min_instances`` start) records its
+first run as a warm start.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from faas_llm.errors import ActivationStatus, FaasLLMError
 from faas_llm.keys import Keys
 from faas_llm.placement import make_policy
 from faas_llm.settings import Settings
-from faas_llm.types import Action, ContainerState, NodeReport, now_ms
+from faas_llm.types import Action, ContainerState, NodeReport, Scaling, now_ms
 from invoker import reclaim, streams
 from invoker.cluster import ActionCache, publish_report, read_reports, withdraw_report
 from invoker.coldwatch import ColdWatch
@@ -117,6 +120,13 @@ class Invoker:
 
     # --- callbacks from the pool -----------------------------------------------------------
     def _on_ready(self, container: Container) -> None:
+        assert container.action is not None
+        queue = self.keys.action_queue(container.action.namespace, container.action.name)
+        try:
+            if not streams.backlog(self.r, queue, self.keys.consumer_group()):
+                container.started_ahead()  # nothing waited for it (min_instances): its first run is warm
+        except redis.RedisError:
+            pass  # counted as a cold start, as before
         self.dispatcher.start_workers(container)
         self.publish()
 
@@ -222,13 +232,14 @@ class Invoker:
                 by_action.setdefault((c.action.namespace, c.action.name), []).append(c)
         removed: list[str] = []
         for (ns, name), idle in by_action.items():
-            action = self.actions.get(ns, name) or idle[0].action
-            assert action is not None
+            action = self.actions.get(ns, name)
+            # a deleted action keeps no instance (not even its min_instances) and no keep-alive
+            base = action.scaling if action is not None else Scaling(min_instances=0, keep_alive=0.0)
             instances, _ = instances_of(reports, ns, name)
             instances = max(instances, len(self.pool.of_action(ns, name)))
             # a container just initialised gets a few heartbeats to pull its first invocation
             floor = 2 * self.settings.heartbeat_interval_s
-            scaling = action.scaling.model_copy(update={"keep_alive": max(action.scaling.keep_alive, floor)})
+            scaling = base.model_copy(update={"keep_alive": max(base.keep_alive, floor)})
             for cid in scale_in(scaling, [IdleInstance(c.id, c.last_used) for c in idle], instances, now):
                 if self.pool.remove(cid, graceful=True, only_if_idle=True):
                     removed.append(cid)

@@ -66,14 +66,18 @@ def backlog(r: Any, queue: str, group: str) -> int:
     pipe.xpending(queue, group)
     try:
         length, pending = pipe.execute()
-    except redis.ResponseError:  # no group yet
+    except redis.ResponseError:  # no group yet, or no stream yet (XLEN of a missing key is 0)
         return int(r.xlen(queue))
     return max(0, int(length) - int(pending.get("pending", 0) if isinstance(pending, dict) else 0))
 
 
 def head_undelivered(r: Any, queue: str, group: str) -> tuple[str, Mapping[Any, Any]] | None:
-    """The oldest entry not yet delivered to the group (``None`` when there is none)."""
-    last = next((g.get("last-delivered-id") for g in r.xinfo_groups(queue) if g.get("name") == group), None)
+    """The oldest entry not yet delivered to the group (``None`` when there is none, or no stream yet)."""
+    try:
+        groups = r.xinfo_groups(queue)
+    except redis.ResponseError:  # the stream does not exist yet (an action queued only for min_instances)
+        return None
+    last = next((g.get("last-delivered-id") for g in groups if g.get("name") == group), None)
     if last is None:
         return None
     entries = r.xrange(queue, f"({last}", "+", count=1)

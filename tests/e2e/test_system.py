@@ -179,3 +179,28 @@ def test_drain_empties_the_node_and_undrain_takes_work_again(cluster: UpCluster)
     again = invoke_blocking(cli, "hello")
     assert_timings(again)
     assert again.coldStart is True and again.loadTier == LoadTier.DRAM
+
+
+def test_min_instances_start_without_invocation_and_go_when_lowered_or_deleted(cluster: UpCluster) -> None:
+    cli = cluster.cli
+
+    def warm_idle() -> list[str]:
+        status = cli.ok("cluster", "status", "--json").json()
+        return [c["id"] for node in status["nodes"] for c in node["containers"]
+                if c.get("action") == "ready" and c["state"] == "idle"]
+
+    cli.ok("action", "create", "ready", "--model", MODEL, "-p", "max_tokens", "4", "--min-instances", "1")
+    [container] = wait_for("the min_instances container, with no invocation", warm_idle, timeout_s=30)
+    first = invoke_blocking(cli, "ready")  # the first invocation finds it warm
+    assert_timings(first)
+    assert first.coldStart is False and first.loadTier == LoadTier.WARM and not first.loadTime
+    assert annotation(first, "initTime") is None
+    assert containers_of(cli, "ready") == [container]
+    # min_instances back to 0 with a short keep-alive: it scales to zero
+    cli.ok("action", "update", "ready", "--min-instances", "0", "--keep-alive", "1")
+    wait_for("scale to zero once min_instances is 0", lambda: not containers_of(cli, "ready"), timeout_s=30)
+    # raised again, then the action deleted: its instance goes with it (min_instances and keep-alive are moot)
+    cli.ok("action", "update", "ready", "--min-instances", "1", "--keep-alive", "600")
+    wait_for("the min_instances container again", warm_idle, timeout_s=30)
+    cli.ok("action", "delete", "ready")
+    wait_for("the deleted action's container to go", lambda: not containers_of(cli, "ready"), timeout_s=30)
