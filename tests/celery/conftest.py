@@ -6,10 +6,9 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -17,20 +16,10 @@ from faas_llm.celery_app import FaasCelery, create_celery
 from faas_llm.registry import FileRegistry
 from faas_llm.settings import Settings, child_environ
 from tests.cache_agent.conftest import AgentProcess
+from tests.harness import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 30.0, every_s: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 class WorkerProcess:

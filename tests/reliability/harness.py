@@ -14,10 +14,9 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 import redis
@@ -29,8 +28,8 @@ from faas_llm.properties import read_properties
 from faas_llm.redis_server import RedisServer
 from faas_llm.types import ActivationRecord
 from tests.cli.conftest import UpCluster
+from tests.harness import wait_for
 
-T = TypeVar("T")
 MODEL = "tiny"
 
 #: a handler that waits (so a fault can land mid-invocation), then generates greedily
@@ -41,16 +40,6 @@ def main(args):
     time.sleep(float(args.get("sleep", 0)))
     return llm.generate(prompt=args.get("prompt", "hello"), max_tokens=int(args.get("max_tokens", 4)), temperature=0)
 """
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 60.0, every_s: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = probe()
-        if got:
-            return got
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def describe(records: dict[str, ActivationRecord] | list[ActivationRecord]) -> list[str]:
