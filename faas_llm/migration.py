@@ -154,7 +154,9 @@ class Handoff:
     info: dict[str, Any] = field(default_factory=dict)
 
     def annotate(self, record: ActivationRecord) -> ActivationRecord:
-        record.nodes = list(dict.fromkeys(self.nodes))
+        # the path the run took, in order (a fallback ends where it began: [a, b, a]); only repeats in a row
+        # collapse, so nodes[-1] is always the node that finished it
+        record.nodes = [n for i, n in enumerate(self.nodes) if i == 0 or n != self.nodes[i - 1]]
         record.node = self.nodes[-1]
         record.annotations.append(KeyValue(key="migration", value=self.info))
         return record
