@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import openai
 import pytest
@@ -26,22 +25,12 @@ from faas_llm.keys import Keys
 from faas_llm.properties import read_properties
 from faas_llm.types import ActivationRecord, LoadTier
 from tests.cli.conftest import Cli, UpCluster, cli_env, start_up, stop_up
+from tests.harness import wait_for
 
 pytestmark = pytest.mark.slow
 
 MODEL = "tiny-llama"
 PROMPT = "The serverless platform"
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 60.0, every_s: float = 0.2) -> T:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = probe()
-        if got:
-            return got
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
