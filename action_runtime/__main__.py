@@ -1,4 +1,4 @@
-"""``faas-llm-runtime`` / ``python -m action_runtime``: serve the action runtime under gunicorn."""
+"""``faas-llm-runtime`` / ``python -m action_runtime``: serve the action runtime (one process)."""
 
 from __future__ import annotations
 

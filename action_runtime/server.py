@@ -1,68 +1,90 @@
-"""gunicorn, started from Python: one worker process (the model lives in it), gthread threads.
+"""The runtime process: one process (the model lives in it), the lean HTTP/1.1 server of
+:mod:`action_runtime.httpserver` over the routes of :mod:`action_runtime.routes`.
 
-- No worker timeout (``timeout = 0``): a long generation or stream is never killed for it.
-- SIGTERM is a graceful stop: no new connections, in-flight runs get ``runtime_drain_s`` to
-  finish, then the worker is killed (Knative's drain, OpenWhisk's container removal).
-- The master process stays light (no torch); the worker imports torch and transformers when
-  it boots, before it accepts ``/init`` (that is the prewarm).
+- The port is bound first (a clash fails at once), then torch and transformers are imported
+  (the prewarm) before the first connection is accepted; ``GET /health`` answers from then on.
+- No request timeout: a long generation or stream is never killed for it.
+- SIGTERM (or SIGINT) is a graceful stop: the listening socket closes (new connections are
+  refused), in-flight runs get ``runtime_drain_s`` to finish, then the process exits 0
+  (Knative's drain, OpenWhisk's container removal) without tearing down torch.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
+import signal
 import sys
-from typing import Any
-
-from flask import Flask
-from gunicorn.app.base import BaseApplication
+import threading
+from dataclasses import dataclass
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from faas_llm.settings import Settings
 
+if TYPE_CHECKING:
+    from action_runtime.routes import HttpReply
 
-def exit_after_drain(_arbiter: Any, worker: Any) -> None:
-    """gunicorn ``worker_exit`` hook: a worker that drained on a graceful stop leaves at once.
+log = logging.getLogger("action_runtime.server")
 
-    Tearing down an interpreter that holds torch takes seconds and saves nothing (the model is
-    in memory only); a worker that failed (still ``alive``) or never booted exits the usual way,
-    so the master still sees its status.
-    """
-    if worker.booted and not worker.alive:
+
+@dataclass(frozen=True)
+class ServerOptions:
+    host: str
+    port: int
+    #: requests handled at once (more wait for a slot)
+    threads: int
+    drain_s: float
+    max_body: int
+
+
+def server_options(settings: Settings) -> ServerOptions:
+    return ServerOptions(host=settings.runtime_host, port=settings.runtime_port, threads=settings.runtime_threads,
+                         drain_s=settings.runtime_drain_s, max_body=settings.max_payload_bytes)
+
+
+class RuntimeServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.options = server_options(settings)
+        self._stop = threading.Event()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("Handling signal: %s", signal.Signals(signum).name.removeprefix("SIG").lower())
+        self._stop.set()
+
+    def run(self) -> None:
+        from action_runtime.httpserver import HttpServer
+
+        opts = self.options
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        server = HttpServer.listen(opts.host, opts.port, self._not_ready, opts.max_body, opts.threads)
+        log.info("listening at http://%s:%d (pid %d)", opts.host, opts.port, os.getpid())
+
+        from action_runtime.app import build_service
+        from action_runtime.routes import RuntimeRoutes
+
+        if self._stop.is_set():
+            os._exit(0)
+        service = build_service(self.settings)
+        server.handle = RuntimeRoutes(service).handle
+        threading.Thread(target=server.serve_forever, name="runtime-accept", daemon=True).start()
+        while not self._stop.wait(1.0):
+            pass
+        drained = server.drain(opts.drain_s)
+        if not drained:
+            log.warning("runs still in flight after %.0f s of drain; exiting", opts.drain_s)
+        try:
+            service.close()
+        except Exception:
+            log.exception("closing the service failed")
+        # Tearing down an interpreter that holds torch takes seconds and saves nothing.
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
 
-
-def gunicorn_options(settings: Settings) -> dict[str, Any]:
-    return {
-        "bind": f"{settings.runtime_host}:{settings.runtime_port}",
-        "workers": 1,
-        "worker_class": "gthread",
-        "threads": settings.runtime_threads,
-        "timeout": 0,
-        "graceful_timeout": math.ceil(settings.runtime_drain_s),  # gunicorn takes whole seconds
-        "keepalive": 5,
-        "accesslog": None,
-        "errorlog": "-",
-        "loglevel": settings.log_level.lower(),
-        "proc_name": "faas-llm-runtime",
-        "control_socket_disable": True,  # gunicorn 25+: one shared ~/.gunicorn socket would clash across runtimes
-        "worker_exit": exit_after_drain,
-    }
-
-
-class RuntimeServer(BaseApplication):
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in gunicorn_options(self.settings).items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Flask:
-        from action_runtime.app import create_app  # in the worker: the master never imports torch
-
-        return create_app(self.settings)
+    @staticmethod
+    def _not_ready(_method: str, _path: str, _body: bytes) -> HttpReply:
+        raise AssertionError("no request is accepted before the service exists")

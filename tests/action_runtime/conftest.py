@@ -1,4 +1,4 @@
-"""Real action-runtime processes (gunicorn, gthread) on free ports, driven over HTTP."""
+"""Real action-runtime processes (one process each, the lean HTTP/1.1 server) on free ports, driven over HTTP."""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
-"""One real runtime process (gunicorn, gthread) with the tiny model, driven over HTTP:
+"""One real runtime process (its own HTTP/1.1 server) with the tiny model, driven over HTTP:
 the OpenWhisk action protocol, the Knative entry points, generation, streaming, limits, sentinels."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import signal
 import time
 from dataclasses import dataclass
@@ -218,6 +220,36 @@ def test_export_of_an_unknown_run_is_404(runtime: RuntimeProcess) -> None:
     reply = runtime.post("/export", {"activation_id": "nope"})
     assert reply.status_code == 404 and "no run 'nope'" in reply.json()["error"]
     assert runtime.post("/export", {"activation_id": "x", "at_tokens": -1}).status_code == 400
+
+
+def test_http_keep_alive_chunked_bodies_and_errors(runtime: RuntimeProcess) -> None:
+    """The runtime's own HTTP/1.1 server: several requests on one connection, a chunked request
+    body, 413 for an oversize body, 404 and 405 as JSON."""
+    port = int(runtime.url.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        tokens = []
+        for _ in range(3):
+            conn.request("POST", "/run", body=json.dumps({"value": {"prompt": PROMPT, "max_tokens": 2,
+                                                                    "temperature": 0}}))
+            reply = conn.getresponse()
+            assert reply.status == 200 and not reply.will_close
+            tokens.append(json.loads(reply.read())["token_ids"])
+        assert tokens[0] == tokens[1] == tokens[2] and len(tokens[0]) == 2
+        body = json.dumps({"value": {"prompt": PROMPT, "max_tokens": 2, "temperature": 0}}).encode()
+        conn.request("POST", "/run", body=iter([body[:10], body[10:]]), encode_chunked=True,
+                     headers={"Transfer-Encoding": "chunked"})
+        reply = conn.getresponse()
+        assert reply.status == 200 and json.loads(reply.read())["token_ids"] == tokens[0]
+    finally:
+        conn.close()
+    limit = runtime.settings.max_payload_bytes
+    too_large = requests.post(runtime.url + "/run", data=b"x" * (limit + 1), timeout=30)
+    assert too_large.status_code == 413 and too_large.json()["http_status"] == 413
+    missing = runtime.get("/nowhere")
+    assert missing.status_code == 404 and "error" in missing.json()
+    assert runtime.get("/run").status_code == 405
+    assert runtime.get("/ready").status_code == 200
 
 
 def test_sigterm_drains_the_in_flight_run_then_exits(runtime: RuntimeProcess) -> None:

@@ -15,7 +15,7 @@ from action_runtime.prefill import PrefillSessions, PrefillState
 from action_runtime.protocol import RunRequest
 from action_runtime.responses import encode_result, error_body, run_error_status
 from action_runtime.sampling import choose_token, step_seed, top_p_filter
-from action_runtime.server import gunicorn_options
+from action_runtime.server import server_options
 from action_runtime.service import spec_from_setting
 from action_runtime.textstream import visible_text
 from faas_llm.errors import (
@@ -274,8 +274,8 @@ def test_handler_code() -> None:
         call_handler(compile_handler("def main(args):\n    return 'text'\n", "main", _NoLLM()), {})
 
 
-def test_gunicorn_options_follow_settings() -> None:
-    options = gunicorn_options(Settings(runtime_port=9123, runtime_threads=5, runtime_drain_s=7.5))
-    assert options["bind"] == "127.0.0.1:9123"
-    assert (options["workers"], options["worker_class"], options["threads"]) == (1, "gthread", 5)
-    assert options["timeout"] == 0 and options["graceful_timeout"] == 8
+def test_server_options_follow_settings() -> None:
+    options = server_options(Settings(runtime_port=9123, runtime_threads=5, runtime_drain_s=7.5,
+                                      max_payload_bytes=4096))
+    assert (options.host, options.port) == ("127.0.0.1", 9123)
+    assert (options.threads, options.drain_s, options.max_body) == (5, 7.5, 4096)
