@@ -55,6 +55,10 @@ class Settings(BaseModel):
     gateway_port: int = Field(3233, ge=1, le=65535, description="Port of the gateway (OpenWhisk's standalone port).")
     gateway_workers: int = Field(2, ge=1, le=64, description="gunicorn worker processes of the gateway.")
     gateway_threads: int = Field(16, ge=1, le=256, description="Threads per gateway worker (gthread).")
+    gateway_metrics_dir: Path | None = Field(
+        None, description="Prometheus multiprocess directory of the gateway's gunicorn workers, so /metrics "
+        "sums them all (empty: data_dir/gateway-metrics/<port>); emptied when the gateway starts.",
+    )
     max_payload_bytes: int = Field(1 * MiB, ge=1024, description="Largest accepted request body (413 above).")
     max_result_bytes: int = Field(1 * MiB, ge=1024, description="Largest action result kept (larger: an error).")
     max_log_bytes: int = Field(10 * MiB, ge=1024, description="Largest log text kept per activation.")
@@ -182,6 +186,15 @@ class Settings(BaseModel):
     @property
     def registry(self) -> str:
         return self.registry_url or f"file://{self.data_dir / 'registry'}"
+
+    @property
+    def gateway_metrics_path(self) -> Path:
+        return self.gateway_metrics_dir or self.data_dir / "gateway-metrics" / str(self.gateway_port)
+
+    def prometheus_env(self) -> dict[str, str]:
+        """What prometheus_client reads from the environment, at import, to count in files shared by
+        processes (set by the gateway's gunicorn master before any worker imports it)."""
+        return {"PROMETHEUS_MULTIPROC_DIR": str(self.gateway_metrics_path)}
 
     # --- construction --------------------------------------------------------------
     @classmethod

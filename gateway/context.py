@@ -46,7 +46,7 @@ class Gateway:
             settings=settings, redis=client, auth=AuthStore(client, keys), actions=actions,
             activations=activations, limiter=limiter, invoker=invoker,
             openai=OpenAIService(actions, invoker, activations, settings.blocking_wait_max_ms),
-            metrics=GatewayMetrics(),
+            metrics=GatewayMetrics(settings.gateway_metrics_dir),
         )
 
 

@@ -2,11 +2,15 @@
 
 The configuration is built from :class:`~faas_llm.settings.Settings` (no gunicorn config file
 is read), and each worker builds its own app after the fork, so no Redis connection is shared
-between processes.
+between processes. The workers' Prometheus metrics live in one multiprocess directory, emptied
+at start and named in the environment before a worker imports prometheus_client.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import shutil
 from typing import Any
 
 from flask import Flask
@@ -37,12 +41,29 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def multiprocess_metrics(settings: Settings) -> Settings:
+    """An emptied metrics directory for this gateway's workers, in the environment they inherit;
+    returns the settings the workers get (naming the directory)."""
+    path = settings.gateway_metrics_path
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ.update(settings.prometheus_env())
+    return settings.model_copy(update={"gateway_metrics_dir": path})
+
+
+def _child_exit(settings: Settings, server: Any, worker: Any) -> None:
+    from gateway.metrics import mark_worker_dead
+
+    mark_worker_dead(settings.gateway_metrics_path, worker.pid)
+
+
 class GatewayServer(BaseApplication):
     """``GatewayServer(settings).run()`` serves the gateway until SIGTERM/SIGINT."""
 
     def __init__(self, settings: Settings, overrides: dict[str, Any] | None = None) -> None:
-        self.settings = settings
-        self.options = {**gunicorn_options(settings), **(overrides or {})}
+        self.settings = multiprocess_metrics(settings)
+        self.options = {**gunicorn_options(settings), "child_exit": functools.partial(_child_exit, self.settings),
+                        **(overrides or {})}
         super().__init__()
 
     def load_config(self) -> None:

@@ -1,22 +1,28 @@
 """Prometheus metrics of the gateway: requests by route and status, invoke latency.
 
 Each app owns its registry (several apps may live in one process, e.g. in tests). Under
-gunicorn each worker process counts its own requests; scrape the workers you run, or run
-one worker with many threads when one exact total matters.
+gunicorn the workers count in prometheus_client's multiprocess files (``multiprocess_dir``,
+from ``Settings.gateway_metrics_dir``, which the gunicorn master sets): ``/metrics`` from any
+worker sums every worker, past ones included (a counter never goes back).
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from flask import Flask, Response, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
+        if multiprocess_dir is not None:
+            use_multiprocess_values()
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "faas_gateway_requests_total", "HTTP requests by route, method and status.",
@@ -40,7 +46,11 @@ class GatewayMetrics:
         self.invoke_latency.labels(face, mode, outcome).observe(seconds)
 
     def exposition(self) -> Response:
-        return Response(generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)
+        registry = self.registry
+        if self.multiprocess_dir is not None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=str(self.multiprocess_dir))
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
     def install(self, app: Flask) -> None:
         @app.before_request
@@ -55,3 +65,18 @@ class GatewayMetrics:
             if started is not None:
                 self.request_latency.labels(route, request.method).observe(time.perf_counter() - started)
             return response
+
+
+def use_multiprocess_values() -> None:
+    """prometheus_client picks file-backed values at import when PROMETHEUS_MULTIPROC_DIR is set (the
+    gunicorn master sets it before any worker imports it); if it was imported before that, switch
+    now, before this process creates a metric."""
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.MultiProcessValue()
+
+
+def mark_worker_dead(multiprocess_dir: Path, pid: int) -> None:
+    """gunicorn's ``child_exit``: drop a dead worker's live gauges (its counts stay in the totals)."""
+    from prometheus_client.multiprocess import mark_process_dead
+
+    mark_process_dead(pid, str(multiprocess_dir))
