@@ -1,5 +1,5 @@
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint demo bench-models
+.PHONY: help setup test lint audit demo bench-models
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -12,6 +12,9 @@ test: ## Run lint, type checks and the whole test suite (README's test command)
 
 lint: setup ## ruff and mypy only
 	.venv/bin/ruff check . && .venv/bin/mypy
+
+audit: setup ## Dependency audit (pip-audit): fails on an unlisted vulnerability; says NOT AUDITED offline
+	bash scripts/audit.sh
 
 demo: ## Run the system on its embedded default (README's run command)
 	bash scripts/demo.sh
