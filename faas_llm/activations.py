@@ -37,6 +37,18 @@ BLOCK_SLICE_S = 1.0
 
 
 @dataclass(frozen=True)
+class QueueWrite:
+    """The writes that queue one invocation: the pending copy (``SET ... EX``), the stream entry
+    (field :data:`STREAM_FIELD`) and the queue's registration in the queues index."""
+
+    pending_key: str
+    queue: str
+    queues_index: str
+    payload: str
+    retention_s: int
+
+
+@dataclass(frozen=True)
 class TokenChunk:
     id: str
     data: dict[str, Any]
@@ -56,15 +68,23 @@ class ActivationStore:
         self.retention_s = retention_s
 
     # --- producing ------------------------------------------------------------------
+    def queue_write(self, invocation: Invocation) -> QueueWrite:
+        """What queuing ``invocation`` writes (:meth:`submit` writes it; the limiter's admission can
+        write it in the same round trip, see :meth:`faas_llm.limits.Limiter.admit`)."""
+        k = self.keys
+        return QueueWrite(
+            pending_key=k.activation_pending(invocation.activation_id),
+            queue=k.action_queue(invocation.namespace, invocation.action),
+            queues_index=k.queues_index(), payload=invocation.model_dump_json(), retention_s=self.retention_s,
+        )
+
     def submit(self, invocation: Invocation) -> str:
         """Queue an invocation; returns the stream entry id."""
-        k = self.keys
-        queue = k.action_queue(invocation.namespace, invocation.action)
-        payload = invocation.model_dump_json()
+        write = self.queue_write(invocation)
         pipe = self.r.pipeline(transaction=True)
-        pipe.set(k.activation_pending(invocation.activation_id), payload, ex=self.retention_s)
-        pipe.xadd(queue, {STREAM_FIELD: payload})
-        pipe.sadd(k.queues_index(), queue)
+        pipe.set(write.pending_key, write.payload, ex=write.retention_s)
+        pipe.xadd(write.queue, {STREAM_FIELD: write.payload})
+        pipe.sadd(write.queues_index, write.queue)
         entry_id = pipe.execute()[1]
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
@@ -103,11 +123,16 @@ class ActivationStore:
         raw = self.r.get(self.keys.activation(activation_id))
         return ActivationRecord.model_validate_json(raw) if raw else None
 
-    def wait(self, activation_id: str, timeout_s: float) -> ActivationRecord | None:
-        """Block until the record is stored or ``timeout_s`` passes (then ``None``)."""
-        record = self.get(activation_id)
-        if record is not None or timeout_s <= 0:
-            return record
+    def wait(self, activation_id: str, timeout_s: float, *, just_queued: bool = False) -> ActivationRecord | None:
+        """Block until the record is stored or ``timeout_s`` passes (then ``None``).
+
+        ``just_queued``: the caller queued the activation a moment ago, so no record can exist yet
+        and the read before blocking is skipped (the done signal is a list that stays set for
+        300 s, so a record stored meanwhile is still seen at once)."""
+        if not just_queued or timeout_s <= 0:
+            record = self.get(activation_id)
+            if record is not None or timeout_s <= 0:
+                return record
         done = self.keys.activation_done(activation_id)
         deadline = time.monotonic() + timeout_s
         while (remaining := deadline - time.monotonic()) > 0:

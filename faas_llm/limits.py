@@ -5,8 +5,13 @@ the counts in Redis: a counter per namespace and minute, and a sorted set of in-
 activation ids scored by their deadline (so work whose consumer died stops counting
 once its deadline passes; :meth:`ActivationStore.complete` removes finished ones).
 
-Admission counts the caller first and then decides, all in one transaction, so two
-concurrent callers can never both take the last slot.
+Admission is one Lua script (:data:`ADMIT_SCRIPT`), so one round trip and atomic: it reads the
+namespace's limits, counts the caller, decides and, when it admits, queues the invocation
+(the writes of :meth:`ActivationStore.submit`); two concurrent callers can never both take the
+last slot, and a throttled invocation is never queued. The limits are read fresh on every
+admission (no cache, so ``faas-llm admin limits set`` applies to the very next invoke): in the
+script they cost no extra round trip. The script's verdict repeats :func:`decide` (the reference,
+unit-tested; a test checks that the two agree) and is checked against it on every call.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from typing import Any
 
 import redis
 
-from faas_llm.errors import RequestError, ThrottledError
+from faas_llm.activations import STREAM_FIELD, QueueWrite
+from faas_llm.errors import InternalError, RequestError, ThrottledError
 from faas_llm.keys import Keys
 
 #: the names OpenWhisk uses for the two limits (``wskadmin limits set``)
@@ -70,6 +76,31 @@ def decide(rate_count: int, inflight_count: int, limits: NamespaceLimits) -> Dec
     return Decision(Verdict.ADMIT)
 
 
+#: KEYS: limits hash, in-flight zset, rate window [, pending key, queue stream, queues index]
+#: ARGV: now ms, activation id, expires ms, default rate limit, default concurrency limit
+#:       [, invocation JSON, retention s, stream field]
+#: returns {rate count, in-flight count, rate limit, concurrency limit, stream entry id or false}
+ADMIT_SCRIPT = """
+local limits = redis.call('hmget', KEYS[1], 'invocationsPerMinute', 'concurrentInvocations')
+local rate_limit = tonumber(limits[1] or ARGV[4])
+local conc_limit = tonumber(limits[2] or ARGV[5])
+redis.call('zremrangebyscore', KEYS[2], '-inf', ARGV[1])
+local rate = redis.call('incr', KEYS[3])
+redis.call('expire', KEYS[3], 120)
+redis.call('zadd', KEYS[2], ARGV[3], ARGV[2])
+local inflight = redis.call('zcard', KEYS[2])
+local entry = false
+if rate > rate_limit or inflight > conc_limit then
+  redis.call('zrem', KEYS[2], ARGV[2])
+elseif #KEYS > 3 then
+  redis.call('set', KEYS[4], ARGV[6], 'EX', ARGV[7])
+  entry = redis.call('xadd', KEYS[5], '*', ARGV[8], ARGV[6])
+  redis.call('sadd', KEYS[6], KEYS[5])
+end
+return {rate, inflight, rate_limit, conc_limit, entry}
+"""
+
+
 def minute_of(epoch_ms: int) -> int:
     return epoch_ms // 60_000
 
@@ -84,6 +115,13 @@ def _int_limit(name: str, value: Any) -> int:
     return number
 
 
+@dataclass(frozen=True)
+class Admitted:
+    decision: Decision
+    #: the queued invocation's stream entry id (when the admission queued it)
+    entry_id: str | None = None
+
+
 class Limiter:
     """Counts in Redis, decisions by :func:`decide`."""
 
@@ -91,6 +129,7 @@ class Limiter:
         self.r: Any = client
         self.keys = keys
         self.defaults = defaults
+        self._admit = self.r.register_script(ADMIT_SCRIPT)  # EVALSHA; loads itself once after a flush
 
     def limits_for(self, namespace: str) -> NamespaceLimits:
         raw = self.r.hgetall(self.keys.namespace_limits(namespace)) or {}
@@ -116,26 +155,29 @@ class Limiter:
     def clear_limits(self, namespace: str) -> None:
         self.r.delete(self.keys.namespace_limits(namespace))
 
-    def admit(self, namespace: str, activation_id: str, expires_ms: int, now_ms: int) -> Decision:
+    def admit(self, namespace: str, activation_id: str, expires_ms: int, now_ms: int,
+              queue: QueueWrite | None = None) -> Admitted:
         """Count one invocation; raise :class:`ThrottledError` (429) if it is over a limit.
 
-        An admitted activation stays in flight until it completes or ``expires_ms``.
+        An admitted activation stays in flight until it completes or ``expires_ms``. With
+        ``queue``, an admitted invocation is also queued, in the same atomic round trip.
         """
-        limits = self.limits_for(namespace)
-        inflight = self.keys.inflight(namespace)
-        rate_key = self.keys.rate_window(namespace, minute_of(now_ms))
-        pipe = self.r.pipeline(transaction=True)
-        pipe.zremrangebyscore(inflight, "-inf", now_ms)
-        pipe.incr(rate_key)
-        pipe.expire(rate_key, 120)
-        pipe.zadd(inflight, {activation_id: expires_ms})
-        pipe.zcard(inflight)
-        _, rate_count, _, _, inflight_count = pipe.execute()
-        decision = decide(int(rate_count), int(inflight_count), limits)
+        keys = [self.keys.namespace_limits(namespace), self.keys.inflight(namespace),
+                self.keys.rate_window(namespace, minute_of(now_ms))]
+        args: list[Any] = [now_ms, activation_id, expires_ms, self.defaults.invocations_per_minute,
+                           self.defaults.concurrent_invocations]
+        if queue is not None:
+            keys += [queue.pending_key, queue.queue, queue.queues_index]
+            args += [queue.payload, queue.retention_s, STREAM_FIELD]
+        rate_count, inflight_count, rate_limit, conc_limit, entry = self._admit(keys=keys, args=args)
+        decision = decide(int(rate_count), int(inflight_count),
+                          NamespaceLimits(int(rate_limit), int(conc_limit)))
+        if decision.admitted != (entry is not None if queue is not None else decision.admitted):
+            raise InternalError("the admission script and the limit policy disagree")
         if not decision.admitted:
-            self.r.zrem(inflight, activation_id)
             raise ThrottledError(decision.message)
-        return decision
+        entry_id = entry.decode() if isinstance(entry, bytes) else (str(entry) if entry else None)
+        return Admitted(decision, entry_id)
 
     def release(self, namespace: str, activation_id: str) -> None:
         self.r.zrem(self.keys.inflight(namespace), activation_id)

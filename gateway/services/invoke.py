@@ -93,22 +93,19 @@ class InvokeService:
         activation_id = new_activation_id()
         start = now_ms()
         deadline = start + action.limits.timeout
-        # A consumer that died mid-run stops counting against the namespace after this.
-        self.limiter.admit(namespace, activation_id, deadline + self.settings.blocking_wait_max_ms, start)
         invocation = Invocation(
             activation_id=activation_id, namespace=namespace, action=name, action_version=action.version,
             subject=identity.subject, params=merge_params(action.default_params(), params),
             transaction_id=transaction_id, enqueued_ms=start, deadline_ms=deadline, stream=stream,
         )
-        try:
-            self.activations.submit(invocation)
-        except Exception:
-            self.limiter.release(namespace, activation_id)
-            raise
+        # Admission and queueing are one atomic round trip: a throttled invocation is never queued.
+        # A consumer that died mid-run stops counting against the namespace after the expiry.
+        self.limiter.admit(namespace, activation_id, deadline + self.settings.blocking_wait_max_ms, start,
+                           queue=self.activations.queue_write(invocation))
         return Submitted(action, invocation)
 
-    def wait(self, activation_id: str, wait_ms: int) -> ActivationRecord | None:
-        return self.activations.wait(activation_id, wait_ms / 1000)
+    def wait(self, activation_id: str, wait_ms: int, *, just_queued: bool = False) -> ActivationRecord | None:
+        return self.activations.wait(activation_id, wait_ms / 1000, just_queued=just_queued)
 
     def invoke(
         self, identity: Identity, namespace: str, name: str, params: dict[str, Any], transaction_id: str,
@@ -118,4 +115,4 @@ class InvokeService:
         if not blocking:
             return InvokeOutcome(submitted.activation_id, None)
         wait_ms = blocking_wait_ms(submitted.action, timeout_ms, self.settings.blocking_wait_max_ms)
-        return InvokeOutcome(submitted.activation_id, self.wait(submitted.activation_id, wait_ms))
+        return InvokeOutcome(submitted.activation_id, self.wait(submitted.activation_id, wait_ms, just_queued=True))

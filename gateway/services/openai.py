@@ -58,7 +58,7 @@ class OpenAIService:
         aid = submitted.activation_id
         # An LLM's first call may include a cold start: wait the action's timeout, at least the cap.
         wait_ms = max(submitted.action.limits.timeout, self.wait_cap_ms)
-        record = self.invoker.wait(aid, wait_ms)
+        record = self.invoker.wait(aid, wait_ms, just_queued=True)
         if record is None:
             raise ActivationTimeoutError(
                 f"The activation {aid} did not finish within {wait_ms} ms; "

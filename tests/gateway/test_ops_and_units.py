@@ -10,12 +10,13 @@ import redis
 import requests
 
 from faas_llm.actions_store import ActionStore, bump_version
+from faas_llm.activations import ActivationStore
 from faas_llm.auth import AuthStore, Credentials
 from faas_llm.errors import AuthError, ConflictError, RequestError, ThrottledError
 from faas_llm.keys import Keys
-from faas_llm.limits import Limiter, NamespaceLimits, Verdict, decide
+from faas_llm.limits import Limiter, NamespaceLimits, Verdict, decide, minute_of
 from faas_llm.settings import Settings
-from faas_llm.types import Exec, Limits
+from faas_llm.types import Exec, Invocation, Limits
 from gateway import openai_mapping as oai
 from gateway.protocol import ActionPut, InvokeQuery
 from gateway.services.actions import build_action
@@ -86,6 +87,50 @@ def test_limiter_admits_exactly_the_limit_under_contention(redis_client: redis.R
     assert limiter.inflight_count("ns", 10**13 + 1) == 1
     with pytest.raises(RequestError):
         limiter.set_limits("ns", invocations_per_minute=0)
+
+
+@pytest.mark.parametrize("rate_limit", [1, 3])
+@pytest.mark.parametrize("conc_limit", [1, 2])
+@pytest.mark.parametrize("prior_rate", [0, 1, 3])
+@pytest.mark.parametrize("prior_inflight", [0, 1, 2])
+def test_admission_script_agrees_with_decide_and_queues_only_what_it_admits(
+    redis_client: redis.Redis, keys: Keys, rate_limit: int, conc_limit: int, prior_rate: int, prior_inflight: int,
+) -> None:
+    """The Lua admission repeats decide(); whatever it admits is queued in the same call, a
+    throttled invocation is neither queued nor left in flight."""
+    limiter = Limiter(redis_client, keys, NamespaceLimits(60, 30))
+    store = ActivationStore(redis_client, keys)
+    limiter.set_limits("ns", invocations_per_minute=rate_limit, concurrent_invocations=conc_limit)
+    now = 10**12
+    if prior_rate:
+        redis_client.set(keys.rate_window("ns", minute_of(now)), prior_rate)
+    for i in range(prior_inflight):
+        redis_client.zadd(keys.inflight("ns"), {f"old{i}": now + 60_000})
+    inv = Invocation(activation_id="b" * 32, namespace="ns", action="act", action_version="0.0.1", subject="ns",
+                     params={}, transaction_id="t", enqueued_ms=now, deadline_ms=now + 1000)
+    expected = decide(prior_rate + 1, prior_inflight + 1, NamespaceLimits(rate_limit, conc_limit))
+    queue = keys.action_queue("ns", "act")
+    try:
+        admitted = limiter.admit("ns", inv.activation_id, now + 60_000, now, queue=store.queue_write(inv))
+    except ThrottledError as exc:
+        assert not expected.admitted and str(exc) == expected.message
+        assert redis_client.xlen(queue) == 0 and store.pending(inv.activation_id) is None
+        assert redis_client.zscore(keys.inflight("ns"), inv.activation_id) is None
+    else:
+        assert expected.admitted and admitted.entry_id is not None
+        (entry_id, fields), = redis_client.xrange(queue)
+        assert entry_id == admitted.entry_id and ActivationStore.decode_message(fields) == inv
+        assert store.pending(inv.activation_id) == inv and queue in redis_client.smembers(keys.queues_index())
+        assert redis_client.zscore(keys.inflight("ns"), inv.activation_id) is not None
+
+
+def test_new_limits_apply_to_the_next_admission(redis_client: redis.Redis, keys: Keys) -> None:
+    """Limits are read in the admission itself: no cache to go stale across gateway processes."""
+    gateway_side = Limiter(redis_client, keys, NamespaceLimits(60, 30))
+    gateway_side.admit("ns", "a1", expires_ms=10**13, now_ms=1000)
+    Limiter(redis_client, keys, NamespaceLimits(60, 30)).set_limits("ns", concurrent_invocations=1)
+    with pytest.raises(ThrottledError, match="allowed: 1"):
+        gateway_side.admit("ns", "a2", expires_ms=10**13, now_ms=1000)
 
 
 def test_keys_are_hashed_and_verified(redis_client: redis.Redis, keys: Keys) -> None:
