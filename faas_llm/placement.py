@@ -44,6 +44,7 @@ costs (same cost model as ``locality``), so a simulator can compare them.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 import random
@@ -162,6 +163,41 @@ def load_estimate(request: PlacementRequest, node: NodeView) -> tuple[float, Loa
     return node.queue_seconds() + node.start_overhead() + best[0], best[1]
 
 
+class RunTimeDistribution:
+    """An action's observed run times (seconds): the tail-aware remaining-time estimate of a busy instance.
+
+    LLM run times are heavy-tailed (outputs of 1 to 1,000+ tokens), so "the mean minus what it has
+    run" is a poor guess: an instance that has already run past the typical length is likely to be
+    one of the long ones. :meth:`expected_remaining` is ``E[R - a | R > a]`` over the empirical
+    distribution, for an instance that has run ``a`` seconds.
+    """
+
+    def __init__(self, samples: Iterable[float]) -> None:
+        self.sorted = sorted(max(0.0, float(x)) for x in samples)
+        if not self.sorted:
+            raise ConfigError("a run-time distribution needs at least one sample")
+        # suffix sums: self._suffix[i] = sum(self.sorted[i:])
+        self._suffix = [0.0] * (len(self.sorted) + 1)
+        for i in range(len(self.sorted) - 1, -1, -1):
+            self._suffix[i] = self._suffix[i + 1] + self.sorted[i]
+
+    @property
+    def mean(self) -> float:
+        return self._suffix[0] / len(self.sorted)
+
+    def expected_remaining(self, elapsed_s: float) -> float:
+        """Expected seconds left for a run that has lasted ``elapsed_s`` (``E[R - a | R > a]``).
+
+        Past the longest sample it returns the mean (the sample is finite; the run is an outlier
+        whose end the history says nothing about, so assume it is halfway through a fresh one)."""
+        a = max(0.0, elapsed_s)
+        i = bisect.bisect_right(self.sorted, a)
+        longer = len(self.sorted) - i
+        if longer == 0:
+            return self.mean
+        return self._suffix[i] / longer - a
+
+
 def warm_wait(node: NodeView) -> float | None:
     """Seconds until a warm instance on ``node`` could serve, or ``None`` without one."""
     if node.warm_idle > 0:
@@ -194,16 +230,25 @@ class LocalityPolicy:
     name: str = "locality"
     #: consider waiting for busy warm instances (off: only start new instances)
     use_warm: bool = True
+    #: wait for a busy instance only when its expected free time is below ``1 / warm_margin`` of the
+    #: best load: the estimate is an expectation of a heavy-tailed time (its spread is of the order of its
+    #: mean), while a load's time is nearly deterministic; 1.0 is the plain minimum
+    warm_margin: float = 1.5
 
     def choose(self, request: PlacementRequest, nodes: Sequence[NodeView]) -> Decision | None:
-        options: list[Decision] = []
+        loads = [_decide_load(request, n) for n in nodes if n.can_start(request.memory_mb)]
+        best_load = _best(loads)
+        warms: list[Decision] = []
         for node in nodes:
             wait = warm_wait(node) if self.use_warm else None
             if wait is not None:
-                options.append(Decision(node.node, wait, LoadTier.WARM))
-            if node.can_start(request.memory_mb):
-                options.append(_decide_load(request, node))
-        return _best(options)
+                warms.append(Decision(node.node, wait, LoadTier.WARM))
+        best_warm = _best(warms)
+        if best_warm is None:
+            return best_load
+        if best_load is None or best_warm.startup_s == 0.0:
+            return best_warm
+        return best_warm if best_warm.startup_s * self.warm_margin <= best_load.startup_s else best_load
 
 
 @dataclass

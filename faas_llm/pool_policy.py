@@ -189,3 +189,22 @@ def expired(containers: Sequence[ContainerView], now: float, keep_alive: dict[tu
         if limit is not None and now - c.last_used >= limit:
             out.append(c)
     return [c.id for c in sorted(out, key=lambda c: (c.last_used, c.id))]
+
+
+def keep_alive_removals(
+    containers: Sequence[ContainerView], candidates: Sequence[str], now: float, *, until_needed: bool,
+    max_idle_s: float,
+) -> list[str]:
+    """Of the idle containers past their action's keep-alive (``candidates``), those to remove now.
+
+    With ``until_needed`` an idle container stays while its slot is not wanted: the pool evicts idle
+    containers least-recently-used when a start needs room (:func:`choose`, :func:`lru_victims`), and
+    placement counts idle containers as free slots, so keeping one costs no start anything; it goes by
+    time only after ``max_idle_s`` idle (a bound on how long an action nobody calls holds its memory).
+    Without ``until_needed`` every candidate goes (the keep-alive is a timeout, OpenWhisk's rule).
+    """
+    if not until_needed:
+        return list(candidates)
+    by_id = {c.id: c for c in containers if c.live}
+    return [cid for cid in candidates
+            if cid in by_id and by_id[cid].state is S.IDLE and now - by_id[cid].last_used >= max_idle_s]

@@ -113,6 +113,9 @@ class Settings(BaseModel):
     max_containers: int = Field(4, ge=1, le=1024, description="Container slots of a node.")
     node_memory_mb: int = Field(16_384, ge=128, description="Memory a node gives to containers.")
     keep_alive_s: float = Field(600.0, ge=0, description="Default idle time before a container is removed.")
+    keep_idle_until_needed: bool = Field(
+        False, description="Past its keep-alive an idle container stays until its slot is wanted (evicted LRU).")
+    max_idle_s: float = Field(3600.0, ge=0, description="With keep_idle_until_needed: longest idle time kept.")
     heartbeat_interval_s: float = Field(1.0, gt=0, description="How often an invoker reports its node.")
     node_ttl_s: float = Field(5.0, gt=0, description="A node report expires after this long without a heartbeat.")
     claim_idle_ms: int = Field(

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from faas_llm.errors import FaasLLMError, InitError
-from faas_llm.pool_policy import Outcome, PoolCapacity, choose, prewarm_deficit
+from faas_llm.pool_policy import Outcome, PoolCapacity, choose, keep_alive_removals, prewarm_deficit
 from faas_llm.settings import Settings
 from faas_llm.types import Action, ContainerInfo, ContainerState, now_ms
 from invoker import runtime_client
@@ -177,6 +177,14 @@ class ContainerPool:
         self.ensure_prewarm()
 
     # --- removing -----------------------------------------------------------------------
+    def keep_alive_removals(self, candidates: list[str], now: float) -> list[str]:
+        """Of the idle containers past their keep-alive, those to remove now (``settings.keep_idle_until_needed``
+        keeps them while their slot is not wanted: :func:`faas_llm.pool_policy.keep_alive_removals`)."""
+        with self.lock:
+            views = [c.view() for c in self.containers.values()]
+        return keep_alive_removals(views, candidates, now, until_needed=self.settings.keep_idle_until_needed,
+                                   max_idle_s=self.settings.max_idle_s)
+
     def _live(self) -> list[Container]:
         with self.lock:
             return list(self.containers.values())

@@ -240,7 +240,8 @@ class Invoker:
             # a container just initialised gets a few heartbeats to pull its first invocation
             floor = 2 * self.settings.heartbeat_interval_s
             scaling = base.model_copy(update={"keep_alive": max(base.keep_alive, floor)})
-            for cid in scale_in(scaling, [IdleInstance(c.id, c.last_used) for c in idle], instances, now):
+            expired = scale_in(scaling, [IdleInstance(c.id, c.last_used) for c in idle], instances, now)
+            for cid in self.pool.keep_alive_removals(expired, now):
                 if self.pool.remove(cid, graceful=True, only_if_idle=True):
                     removed.append(cid)
         if removed:

@@ -93,10 +93,12 @@ def test_locality_ties_break_by_tier_then_node_id_whatever_the_input_order() -> 
     a, b = node("a", in_ssd=True), node("b", in_ssd=True)
     assert make_policy("locality").choose(REQ, [b, a]) == Decision("a", 5.0, LoadTier.SSD)
     assert make_policy("locality").choose(REQ, [a, b]) == Decision("a", 5.0, LoadTier.SSD)
-    # equal seconds: a warm wait beats a DRAM load (no load work at all)
+    # equal seconds and no margin: a warm wait beats a DRAM load (no load work at all)
+    from faas_llm.placement import LocalityPolicy
+
     warm = node("z", free_slots=0, warm_busy_free_s=(0.5,))
     dram = node("a", in_dram=True)
-    assert make_policy("locality").choose(REQ, [dram, warm]) == Decision("z", 0.5, LoadTier.WARM)
+    assert LocalityPolicy(warm_margin=1.0).choose(REQ, [dram, warm]) == Decision("z", 0.5, LoadTier.WARM)
 
 
 def test_locality_skips_draining_and_memory_starved_nodes() -> None:
@@ -201,3 +203,40 @@ def test_views_count_prewarmed_runtimes_and_the_boot_time() -> None:
     (view,) = views_from_reports(REQ, reports, {}, boot_s=4.0)
     assert view.prewarmed == 1 and view.boot_s == 4.0 and view.start_overhead() == 0.0
     assert view.free_slots == 2
+
+
+# --- tail-aware remaining time and the warm-wait margin ----------------------------------------------
+
+
+def test_expected_remaining_is_the_conditional_mean_past_the_elapsed_time() -> None:
+    from faas_llm.placement import RunTimeDistribution
+
+    dist = RunTimeDistribution([1.0, 1.0, 1.0, 1.0, 100.0])
+    assert dist.expected_remaining(0.0) == pytest.approx(dist.mean)
+    # past the typical run, only the long one is left: ~98 s to go, not "mean - elapsed" (<= 20.8 - 2)
+    assert dist.expected_remaining(2.0) == pytest.approx(98.0)
+    assert dist.expected_remaining(0.5) == pytest.approx(104.0 / 5 - 0.5)
+    # beyond every sample: the mean
+    assert dist.expected_remaining(500.0) == pytest.approx(dist.mean)
+
+
+def test_a_run_time_distribution_needs_samples() -> None:
+    from faas_llm.placement import RunTimeDistribution
+
+    with pytest.raises(ConfigError):
+        RunTimeDistribution([])
+
+
+def test_locality_waits_for_a_busy_instance_only_when_clearly_sooner_than_a_load() -> None:
+    from faas_llm.placement import LocalityPolicy
+
+    load = node("b", in_dram=True)  # 0.5 s from DRAM
+    assert LocalityPolicy().choose(REQ, [node("a", free_slots=0, warm_busy_free_s=(0.3,)), load]) == Decision(
+        "a", 0.3, LoadTier.WARM)  # 0.3 * 1.5 <= 0.5
+    assert LocalityPolicy().choose(REQ, [node("a", free_slots=0, warm_busy_free_s=(0.4,)), load]) == Decision(
+        "b", 0.5, LoadTier.DRAM)  # 0.4 * 1.5 > 0.5: not clearly sooner
+    assert LocalityPolicy(warm_margin=1.0).choose(
+        REQ, [node("a", free_slots=0, warm_busy_free_s=(0.4,)), load]).tier is LoadTier.WARM
+    # no room anywhere: waiting is the only option
+    assert LocalityPolicy().choose(REQ, [node("a", free_slots=0, warm_busy_free_s=(9.0,))]) == Decision(
+        "a", 9.0, LoadTier.WARM)

@@ -142,3 +142,36 @@ def test_scale_in_after_keep_alive_keeping_min_instances() -> None:
     assert scale_in(Scaling(keep_alive=5.0, min_instances=2), idle, instances=3, now=10.0) == ["a"]
     assert scale_in(Scaling(keep_alive=0.0), idle, instances=3, now=9.0) == ["a", "b", "c"]  # to zero
     assert scale_in(Scaling(keep_alive=100.0), idle, instances=3, now=10.0) == []
+
+
+# --- keep-alive until the slot is needed ---------------------------------------------------------------
+
+
+def _idle(cid: str, last_used: float) -> ContainerView:
+    return ContainerView(id=cid, state=ContainerState.IDLE, namespace="ns", action=cid, memory_mb=100,
+                         last_used=last_used)
+
+
+def test_keep_alive_removals_is_the_timeout_rule_when_off() -> None:
+    from faas_llm.pool_policy import keep_alive_removals
+
+    views = [_idle("a", 0.0), _idle("b", 50.0)]
+    assert keep_alive_removals(views, ["a", "b"], 100.0, until_needed=False, max_idle_s=3600) == ["a", "b"]
+
+
+def test_keep_alive_removals_keeps_idle_containers_until_the_idle_cap() -> None:
+    from faas_llm.pool_policy import keep_alive_removals
+
+    views = [_idle("old", 0.0), _idle("recent", 90.0),
+             ContainerView(id="busy", state=ContainerState.BUSY, namespace="ns", action="busy", active=1)]
+    got = keep_alive_removals(views, ["old", "recent", "busy", "gone"], 100.0, until_needed=True, max_idle_s=60)
+    assert got == ["old"]  # past the cap; the recent one stays, a busy or unknown one is never removed
+    assert keep_alive_removals(views, ["old"], 100.0, until_needed=True, max_idle_s=3600) == []
+
+
+def test_a_kept_idle_container_is_evicted_lru_when_a_start_needs_its_slot() -> None:
+    from faas_llm.pool_policy import Outcome, PoolCapacity, choose
+
+    views = [_idle("a", 10.0), _idle("b", 5.0)]
+    got = choose(views, "ns", "c", 100, PoolCapacity(max_containers=2, memory_mb=1000))
+    assert got.outcome is Outcome.EVICT and got.evict == ("b",)
