@@ -323,6 +323,8 @@ class Dispatcher:
             done.update(finish_reason=result.get("finish_reason"), usage=result.get("usage"))
         else:
             done.update(finish_reason="error", error=result.get("error"))
+            if "http_status" in result:  # the client's mistake (e.g. a prompt too long): see runtime_client.classify
+                done["http_status"] = result["http_status"]
         self.store.append_tokens(inv.activation_id, done)
 
     def _observe(self, inv: Invocation, facts: RunFacts) -> None:

@@ -75,7 +75,12 @@ def _json_or_none(resp: requests.Response) -> Any:
 def classify(http_status: int, body: Any) -> tuple[ActivationStatus, Any]:
     """OpenWhisk's rules: 200 + object = success, unless it has ``error`` (application error);
     any other status or a non-JSON body is a developer error (or what the body's
-    ``activation_status`` says)."""
+    ``activation_status`` says).
+
+    An application error that the runtime marks as the client's (its body's ``http_status`` is
+    4xx: a prompt longer than the model's context, bad generation parameters) keeps that status
+    in the result, ``{"error", "http_status"}``, so a client-facing API can answer it as a bad
+    request instead of a failed action (issue 12)."""
     if not isinstance(body, dict | list):
         return ActivationStatus.DEVELOPER_ERROR, {
             "error": "The action did not produce a valid JSON response."}
@@ -85,7 +90,12 @@ def classify(http_status: int, body: Any) -> tuple[ActivationStatus, Any]:
             status = ActivationStatus(declared)
         else:
             status = ActivationStatus.APPLICATION_ERROR if http_status == 200 else ActivationStatus.DEVELOPER_ERROR
-        return status, {"error": body["error"]}
+        result: dict[str, Any] = {"error": body["error"]}
+        client_status = body.get("http_status")
+        if (status is ActivationStatus.APPLICATION_ERROR and isinstance(client_status, int)
+                and not isinstance(client_status, bool) and 400 <= client_status < 500):
+            result["http_status"] = client_status
+        return status, result
     if http_status != 200:
         return ActivationStatus.DEVELOPER_ERROR, {"error": "The action did not produce a valid response."}
     return ActivationStatus.SUCCESS, body

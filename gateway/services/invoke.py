@@ -13,12 +13,13 @@ from typing import Any
 from faas_llm.activations import ActivationStore
 from faas_llm.auth import Identity
 from faas_llm.errors import (
-    ActionError,
     ActivationStatus,
     ApplicationError,
     DeveloperError,
     FaasLLMError,
     InternalError,
+    PayloadTooLargeError,
+    RequestError,
 )
 from faas_llm.limits import Limiter
 from faas_llm.settings import Settings
@@ -52,27 +53,42 @@ def blocking_wait_ms(action: Action, override_ms: int | None, cap_ms: int) -> in
     return min(override_ms if override_ms is not None else action.limits.timeout, cap_ms)
 
 
-def record_error(record: ActivationRecord) -> FaasLLMError | None:
-    """The error an unsuccessful record stands for (``None`` for a success)."""
-    code = record.response.statusCode
-    if code == ActivationStatus.SUCCESS:
-        return None
-    result = record.response.result
+def failure_error(code: ActivationStatus, result: Any, fallback: str) -> FaasLLMError:
+    """The error an unsuccessful activation's result stands for.
+
+    An application error whose result carries a 4xx ``http_status`` (the runtime refused the
+    client's input, e.g. a prompt longer than the model's context) is the client's:
+    :class:`RequestError` (400, OpenAI's ``invalid_request_error``), not a failed action."""
     message = result.get("error") if isinstance(result, dict) else None
-    text = str(message) if message else f"The activation {record.activationId} failed ({record.response.status})."
+    text = str(message) if message else fallback
     if code == ActivationStatus.APPLICATION_ERROR:
+        client_status = result.get("http_status") if isinstance(result, dict) else None
+        if client_status == PayloadTooLargeError.http_status:
+            return PayloadTooLargeError(text)
+        if isinstance(client_status, int) and 400 <= client_status < 500:
+            return RequestError(text)
         return ApplicationError(text)
     if code == ActivationStatus.DEVELOPER_ERROR:
         return DeveloperError(text)
     return InternalError(text)
 
 
+def record_error(record: ActivationRecord) -> FaasLLMError | None:
+    """The error an unsuccessful record stands for (``None`` for a success)."""
+    code = record.response.statusCode
+    if code == ActivationStatus.SUCCESS:
+        return None
+    return failure_error(ActivationStatus(code), record.response.result,
+                         f"The activation {record.activationId} failed ({record.response.status}).")
+
+
 def record_http_status(record: ActivationRecord) -> int:
-    """200 for a success, 502 for an application or developer error, 500 for an internal error."""
-    error = record_error(record)
-    if error is None:
+    """OpenWhisk's blocking invoke: 200 for a success, 502 for an application or developer error
+    (the client's bad input included: the activation ran and reported it), 500 for an internal error."""
+    code = record.response.statusCode
+    if code == ActivationStatus.SUCCESS:
         return 200
-    return 502 if isinstance(error, ActionError) else 500
+    return 502 if code in (ActivationStatus.APPLICATION_ERROR, ActivationStatus.DEVELOPER_ERROR) else 500
 
 
 class InvokeService:

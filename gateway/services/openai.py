@@ -10,11 +10,11 @@ from typing import Any
 
 from faas_llm.activations import ActivationStore
 from faas_llm.auth import Identity
-from faas_llm.errors import ActivationTimeoutError, FaasLLMError
+from faas_llm.errors import ActivationStatus, ActivationTimeoutError, FaasLLMError
 from gateway import openai_mapping as oai
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.services.actions import ActionService
-from gateway.services.invoke import InvokeService, record_error
+from gateway.services.invoke import InvokeService, failure_error, record_error
 
 StreamEvent = dict[str, Any] | FaasLLMError
 
@@ -102,6 +102,10 @@ class OpenAIService:
         streamed = ""
         for token_chunk in self.activations.iter_tokens(aid, wait_ms / 1000):
             data = token_chunk.data
+            if token_chunk.done and data.get("finish_reason") == "error":
+                code = ActivationStatus.APPLICATION_ERROR if "http_status" in data else ActivationStatus.DEVELOPER_ERROR
+                yield failure_error(code, data, f"The activation {aid} failed.")
+                return
             if token_chunk.done:
                 usage = oai.Usage.of(data)
                 if not usage.completion_tokens:

@@ -193,3 +193,39 @@ def test_min_instances_start_without_invocation_and_go_when_lowered_or_deleted(c
     wait_for("the min_instances container again", warm_idle, timeout_s=30)
     cli.ok("action", "delete", "ready")
     wait_for("the deleted action's container to go", lambda: not containers_of(cli, "ready"), timeout_s=30)
+
+
+def test_prompt_longer_than_the_context_is_a_400_not_a_502(cluster: UpCluster) -> None:
+    """Issue 12, through the real runtime: a prompt over the tiny model's 512-token context is the
+    client's error on the OpenAI face (400 invalid_request_error, streamed or not); the OpenWhisk
+    record is an application error that says why."""
+    import requests
+
+    key = read_properties(cluster.cli.home / "props")["AUTH"]
+    long_prompt = "x " * 600
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        client = openai.OpenAI(base_url=f"{cluster.apihost}/v1", api_key=key, max_retries=0, timeout=180)
+    try:
+        with pytest.raises(openai.BadRequestError) as completion:
+            client.completions.create(model="hello", prompt=long_prompt, max_tokens=1)
+        with pytest.raises(openai.BadRequestError) as chat:
+            client.chat.completions.create(model="hello", messages=[{"role": "user", "content": long_prompt}],
+                                           max_tokens=1)
+        for failed in (completion.value, chat.value):
+            assert failed.status_code == 400 and isinstance(failed.body, dict), failed
+            assert failed.body["type"] == "invalid_request_error"
+            assert "the model's context is 512 tokens" in failed.message
+        with pytest.raises(openai.APIError) as streamed:
+            list(client.completions.create(model="hello", prompt=long_prompt, max_tokens=1, stream=True))
+        assert "the model's context is 512 tokens" in streamed.value.message
+    finally:
+        client.close()
+    uuid, secret = key.split(":", 1)
+    reply = requests.post(f"{cluster.apihost}/api/v1/namespaces/_/actions/hello?blocking=true",
+                          json={"prompt": long_prompt}, auth=(uuid, secret), timeout=180)
+    assert reply.status_code == 502
+    response = reply.json()["response"]
+    assert response["status"] == "application error" and response["statusCode"] == 1
+    assert "the prompt has" in response["result"]["error"]
+    assert "the model's context is 512 tokens" in response["result"]["error"]

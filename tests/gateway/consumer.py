@@ -6,7 +6,9 @@ streams tokens with :meth:`ActivationStore.append_tokens` and stores each record
 "generates" deterministic words, so tests can assert exact outputs. Test-only knobs
 arrive as invocation params (usually as action default parameters):
 
-- ``_fail``: ``application`` | ``developer`` | ``internal`` -> an unsuccessful record
+- ``_fail``: ``application`` | ``developer`` | ``internal`` -> an unsuccessful record; ``request``
+  -> the application error a runtime reports for a prompt longer than the model's context, classified
+  by the invoker's own :func:`invoker.runtime_client.classify` (with its stream's last chunk)
 - ``_delay_ms``: wait this long before completing
 - ``_gate``: wait, after the first token, until the test calls :meth:`open_gate` with this name
 """
@@ -23,7 +25,9 @@ from faas_llm.activations import ActivationStore
 from faas_llm.errors import ActivationStatus
 from faas_llm.keys import Keys
 from faas_llm.types import ActivationRecord, ActivationResponse, Invocation, KeyValue, now_ms
+from invoker.runtime_client import classify
 
+TOO_LONG = "the prompt has 1200 tokens; the model's context is 512 tokens, which leaves no room to generate"
 WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta")
 
 
@@ -124,7 +128,13 @@ class QueueConsumer:
         text = " ".join(words)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
                  "total_tokens": prompt_tokens + len(words)}
-        if fail == "application":
+        if fail == "request":
+            runtime_body = {"error": TOO_LONG, "type": "invalid_request_error", "http_status": 400,
+                            "activation_status": 1}
+            status, result = classify(200, runtime_body)
+            if inv.stream:
+                self.store.append_tokens(inv.activation_id, {"done": True, "finish_reason": "error", **result})
+        elif fail == "application":
             status, result = ActivationStatus.APPLICATION_ERROR, {"error": "the prompt was refused"}
         elif fail == "developer":
             status, result = ActivationStatus.DEVELOPER_ERROR, {"error": "The action did not produce a valid response."}

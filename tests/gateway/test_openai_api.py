@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.gateway.conftest import OW, Tenant
-from tests.gateway.consumer import QueueConsumer, expected_words
+from tests.gateway.consumer import TOO_LONG, QueueConsumer, expected_words
 
 
 @pytest.fixture
@@ -132,3 +132,29 @@ def test_openai_errors_have_the_openai_shape(
     not_json = requests.post(url, data=b"nope", headers=auth)
     assert not_json.status_code == 400 and not_json.json()["error"]["type"] == "invalid_request_error"
     assert requests.get(f"{gunicorn_gateway}/v1/nothing", headers=auth).json()["error"]["code"] == "not_found"
+
+
+def test_prompt_longer_than_the_context_is_400_invalid_request(
+    ow: OW, client: openai.OpenAI, consumer: QueueConsumer
+) -> None:
+    """Issue 12: the runtime's refusal of a too-long prompt is the client's error (400,
+    invalid_request_error) on both OpenAI endpoints, streamed or not; the OpenWhisk record is an
+    application error with the runtime's message."""
+    ow.put_action("short", parameters=[{"key": "_fail", "value": "request"}])
+    with pytest.raises(openai.BadRequestError) as completion:
+        client.completions.create(model="short", prompt="x " * 600, max_tokens=1)
+    with pytest.raises(openai.BadRequestError) as chat:
+        client.chat.completions.create(model="short", messages=[{"role": "user", "content": "x " * 600}])
+    for failed in (completion.value, chat.value):
+        assert failed.status_code == 400 and failed.code == "request"
+        assert isinstance(failed.body, dict) and failed.body["type"] == "invalid_request_error"
+        assert "model's context is 512 tokens" in failed.message
+    with pytest.raises(openai.APIError) as streamed:
+        list(client.completions.create(model="short", prompt="x " * 600, max_tokens=1, stream=True))
+    assert "model's context is 512 tokens" in streamed.value.message
+    assert isinstance(streamed.value.body, dict) and streamed.value.body["type"] == "invalid_request_error"
+    record = ow.invoke("short", {"prompt": "x " * 600}, blocking=True)
+    assert record.status_code == 502  # OpenWhisk: the activation ran and reported an application error
+    response = record.json()["response"]
+    assert response["statusCode"] == 1 and response["status"] == "application error"
+    assert response["result"]["error"] == TOO_LONG

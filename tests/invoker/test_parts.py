@@ -70,6 +70,17 @@ def test_classify_follows_openwhisk(status: int, body: object, expected: Activat
         assert "error" in result
 
 
+def test_classify_keeps_the_client_status_of_a_refused_input() -> None:
+    """Issue 12: a runtime's 4xx application error (a prompt too long) keeps its status in the
+    result; developer errors and plain application errors do not carry one."""
+    too_long = {"error": "the prompt has 1200 tokens", "type": "invalid_request_error", "http_status": 400,
+                "activation_status": 1}
+    assert classify(200, too_long) == (ActivationStatus.APPLICATION_ERROR,
+                                       {"error": "the prompt has 1200 tokens", "http_status": 400})
+    assert classify(200, {"error": "big", "http_status": 502, "activation_status": 1})[1] == {"error": "big"}
+    assert classify(502, {"error": "crash", "http_status": 400, "activation_status": 2})[1] == {"error": "crash"}
+
+
 def test_runtime_ttft_reads_the_runtime_timings() -> None:
     assert runtime_ttft({"timings": {"ttft_s": 0.5}}) == 0.5
     assert runtime_ttft({"timings": {"ttft_s": None}}) is None
