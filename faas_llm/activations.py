@@ -36,6 +36,33 @@ TOKENS_DONE = "done"
 BLOCK_SLICE_S = 1.0
 
 
+#: KEYS: record, activations index, pending copy, in-flight zset, done signal, token stream
+#: ARGV: record JSON, retention s, start ms, activation id. Returns 1 when it stored the record.
+_STORE_RECORD = """
+local stored = 0
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  stored = 1
+  redis.call('zadd', KEYS[2], ARGV[3], ARGV[4])
+  redis.call('del', KEYS[3])
+  redis.call('zrem', KEYS[4], ARGV[4])
+  redis.call('rpush', KEYS[5], '1')
+  redis.call('expire', KEYS[5], 300)
+  redis.call('expire', KEYS[6], 300)
+end
+"""
+COMPLETE_SCRIPT = _STORE_RECORD + "return stored\n"
+#: :data:`COMPLETE_SCRIPT`, then KEYS[7] the stream, KEYS[8] the run claim; ARGV[5] the consumer
+#: group, ARGV[6] the entry id, ARGV[7] the consumer whose claim is released
+COMPLETE_AND_ACK_SCRIPT = _STORE_RECORD + """
+redis.call('xack', KEYS[7], ARGV[5], ARGV[6])
+redis.call('xdel', KEYS[7], ARGV[6])
+if redis.call('get', KEYS[8]) == ARGV[7] then
+  redis.call('del', KEYS[8])
+end
+return stored
+"""
+
+
 @dataclass(frozen=True)
 class QueueWrite:
     """The writes that queue one invocation: the pending copy (``SET ... EX``), the stream entry
@@ -66,6 +93,9 @@ class ActivationStore:
         self.r: Any = client
         self.keys = keys
         self.retention_s = retention_s
+        # EVALSHA; each reloads itself after a script flush or a Redis restart
+        self._complete = self.r.register_script(COMPLETE_SCRIPT)
+        self._complete_and_ack = self.r.register_script(COMPLETE_AND_ACK_SCRIPT)
 
     # --- producing ------------------------------------------------------------------
     def queue_write(self, invocation: Invocation) -> QueueWrite:
@@ -102,21 +132,29 @@ class ActivationStore:
 
     # --- completing -----------------------------------------------------------------
     def complete(self, record: ActivationRecord) -> bool:
-        """Store ``record`` unless one is stored already; True if this call stored it."""
+        """Store ``record`` unless one is stored already; True if this call stored it.
+
+        One atomic round trip (:data:`COMPLETE_SCRIPT`): the record (``SET NX``) and, only when
+        it was stored, its index entry, the pending copy and in-flight count dropped, the done
+        signal raised for blocking waiters."""
+        keys, args = self._complete_call(record)
+        return bool(self._complete(keys=keys, args=args))
+
+    def complete_and_ack(self, record: ActivationRecord, queue: str, group: str, entry_id: str,
+                         claim: str, consumer: str) -> bool:
+        """:meth:`complete`, then ``XACK`` + ``XDEL`` of the invocation's stream entry and the release
+        of the run claim ``claim`` if ``consumer`` holds it, in one script (one round trip). The ack
+        comes after the record in the script, so a failure part-way never acks an entry whose
+        record is not stored (a redelivery finds the record and only acks)."""
+        keys, args = self._complete_call(record)
+        return bool(self._complete_and_ack(keys=[*keys, queue, claim], args=[*args, group, entry_id, consumer]))
+
+    def _complete_call(self, record: ActivationRecord) -> tuple[list[str], list[Any]]:
         k = self.keys
         aid = record.activationId
-        stored = self.r.set(k.activation(aid), record.model_dump_json(), nx=True, ex=self.retention_s)
-        if not stored:
-            return False
-        pipe = self.r.pipeline(transaction=True)
-        pipe.zadd(k.activations_index(record.namespace), {aid: record.start})
-        pipe.delete(k.activation_pending(aid))
-        pipe.zrem(k.inflight(record.namespace), aid)
-        pipe.rpush(k.activation_done(aid), "1")
-        pipe.expire(k.activation_done(aid), 300)
-        pipe.expire(k.activation_tokens(aid), 300)
-        pipe.execute()
-        return True
+        keys = [k.activation(aid), k.activations_index(record.namespace), k.activation_pending(aid),
+                k.inflight(record.namespace), k.activation_done(aid), k.activation_tokens(aid)]
+        return keys, [record.model_dump_json(), self.retention_s, record.start, aid]
 
     # --- reading --------------------------------------------------------------------
     def get(self, activation_id: str) -> ActivationRecord | None:

@@ -8,8 +8,8 @@ For an entry:
 2. take the activation's run claim (``keys.activation_claim``, ``SET NX`` with a lease); if
    another live consumer holds it, leave the entry pending (the reclaimer revisits it);
 3. run it (``POST /run``; tokens of a streamed run go to the activation's token stream);
-4. store the record with :meth:`ActivationStore.complete` (exactly once: ``SET NX``), then
-   ``XACK`` + ``XDEL`` and drop the claim.
+4. store the record (exactly once: ``SET NX``), then ``XACK`` + ``XDEL`` the entry and drop the
+   claim, in one script (:meth:`ActivationStore.complete_and_ack`).
 
 While a run is in flight the heartbeat renews its lease (``XCLAIM ... JUSTID`` resets the
 entry's idle time; the claim key's TTL is extended), so only entries of dead consumers
@@ -46,8 +46,6 @@ from invoker.records import RunFacts, build_record, failure_record, runtime_ttft
 
 log = logging.getLogger(__name__)
 BLOCK_MS = 500
-#: delete the run claim only while this consumer holds it (compare-and-delete)
-RELEASE_CLAIM = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 @dataclass(frozen=True)
@@ -192,15 +190,10 @@ class Dispatcher:
                 if self.r.get(claim) == self.consumer:
                     self.r.delete(claim)
                 return
-            stored = self.store.complete(record)
-            if not stored:
+            # the record (exactly once: SET NX), then the ack + delete of the entry and the release of
+            # our claim, in one script: the entry is never acked without its record stored
+            if not self.store.complete_and_ack(record, queue, self.group, entry_id, claim, self.consumer):
                 log.info("activation %s already had a record; this run's result is dropped", aid)
-            # ack + delete the entry and drop our claim, in one round trip
-            pipe = self.r.pipeline(transaction=True)
-            pipe.xack(queue, self.group, entry_id)
-            pipe.xdel(queue, entry_id)
-            pipe.eval(RELEASE_CLAIM, 1, claim, self.consumer)  # EVAL, not a Script: no SCRIPT EXISTS round trip
-            pipe.execute()
         finally:
             with self._lock:
                 self.in_flight.pop(entry_id, None)
