@@ -158,19 +158,29 @@ class ActivationStore:
 
     # --- reading --------------------------------------------------------------------
     def get(self, activation_id: str) -> ActivationRecord | None:
-        raw = self.r.get(self.keys.activation(activation_id))
+        raw = self.get_json(activation_id)
         return ActivationRecord.model_validate_json(raw) if raw else None
 
+    def get_json(self, activation_id: str) -> str | None:
+        """The stored record as its JSON text (what :meth:`complete` wrote), or ``None``."""
+        raw = self.r.get(self.keys.activation(activation_id))
+        return raw.decode() if isinstance(raw, bytes) else raw
+
     def wait(self, activation_id: str, timeout_s: float, *, just_queued: bool = False) -> ActivationRecord | None:
-        """Block until the record is stored or ``timeout_s`` passes (then ``None``).
+        """Block until the record is stored or ``timeout_s`` passes (then ``None``)."""
+        raw = self.wait_json(activation_id, timeout_s, just_queued=just_queued)
+        return ActivationRecord.model_validate_json(raw) if raw else None
+
+    def wait_json(self, activation_id: str, timeout_s: float, *, just_queued: bool = False) -> str | None:
+        """:meth:`wait`, returning the record's JSON text (a reply can pass it on unparsed).
 
         ``just_queued``: the caller queued the activation a moment ago, so no record can exist yet
         and the read before blocking is skipped (the done signal is a list that stays set for
         300 s, so a record stored meanwhile is still seen at once)."""
         if not just_queued or timeout_s <= 0:
-            record = self.get(activation_id)
-            if record is not None or timeout_s <= 0:
-                return record
+            raw = self.get_json(activation_id)
+            if raw is not None or timeout_s <= 0:
+                return raw
         done = self.keys.activation_done(activation_id)
         deadline = time.monotonic() + timeout_s
         while (remaining := deadline - time.monotonic()) > 0:
@@ -178,7 +188,7 @@ class ActivationStore:
             # slices shorter than any sane client socket timeout (redis-py's default is 5 s).
             if self.r.blmove(done, done, timeout=min(remaining, BLOCK_SLICE_S), src="LEFT", dest="RIGHT"):
                 break
-        return self.get(activation_id)
+        return self.get_json(activation_id)
 
     def query(
         self,

@@ -18,6 +18,8 @@ from gunicorn.app.base import BaseApplication
 
 from faas_llm.settings import Settings
 
+SHM = "/dev/shm"
+
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
     # gthread workers heartbeat from their main loop, so a thread that waits 60 s for a blocking
@@ -38,6 +40,9 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "proc_name": "faas-llm-gateway",
         "limit_request_line": 8190,
         "control_socket_disable": True,  # gunicorn 25+: one ~/.gunicorn socket would clash across gateways
+        # a worker's heartbeat touches its temp file on every turn of its loop: on tmpfs that is a
+        # cheap syscall, on a journalled disk file system (the default /tmp here) a metadata write
+        **({"worker_tmp_dir": SHM} if os.path.isdir(SHM) else {}),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from flask import Blueprint, Response, request
@@ -10,8 +11,14 @@ from faas_llm.types import parse
 from gateway.context import gateway
 from gateway.http_auth import authenticate
 from gateway.protocol import ActionPut, InvokeQuery, ListQuery, flag
-from gateway.routes.common import caller_namespace, json_object_body, json_response, transaction_id
-from gateway.services.invoke import record_http_status
+from gateway.routes.common import (
+    caller_namespace,
+    json_object_body,
+    json_response,
+    raw_json_response,
+    transaction_id,
+)
+from gateway.services.invoke import status_code_http
 
 bp = Blueprint("openwhisk_actions", __name__, url_prefix="/api/v1")
 
@@ -68,12 +75,13 @@ def invoke_action(namespace: str, name: str) -> Response:
     outcome = gw.invoker.invoke(identity, ns, name, params, transaction_id(), blocking=query.blocking,
                                 timeout_ms=query.timeout_ms)
     mode = "blocking" if query.blocking else "nonblocking"
-    record = outcome.record
-    if record is None:
+    if outcome.record_json is None:
         gw.metrics.observe_invoke("openwhisk", mode, "accepted", time.perf_counter() - started)
         return json_response({"activationId": outcome.activation_id}, 202, outcome.activation_id)
-    status = record_http_status(record)
+    # the record as stored (ActivationRecord's own JSON): read, not revalidated and re-encoded
+    record = json.loads(outcome.record_json)
+    status = status_code_http(record["response"]["statusCode"])
     gw.metrics.observe_invoke("openwhisk", mode, str(status), time.perf_counter() - started)
     if query.result:
-        return json_response(record.response.result, status, outcome.activation_id)
-    return json_response(record.model_dump(mode="json"), status, outcome.activation_id)
+        return json_response(record["response"]["result"], status, outcome.activation_id)
+    return raw_json_response(outcome.record_json, status, outcome.activation_id)

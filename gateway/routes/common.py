@@ -76,6 +76,14 @@ def transaction_id() -> str:
     return str(g.tid)
 
 
+def raw_json_response(text: str, status: int = 200, activation_id: str | None = None) -> Response:
+    """A response whose body is ``text``, JSON already (e.g. a stored record)."""
+    response = Response(text, status=status, mimetype="application/json")
+    if activation_id:
+        response.headers[ACTIVATION_HEADER] = activation_id
+    return response
+
+
 def json_response(body: Any, status: int = 200, activation_id: str | None = None) -> Response:
     response = jsonify(body)
     response.status_code = status

@@ -40,7 +40,13 @@ class Submitted:
 @dataclass(frozen=True)
 class InvokeOutcome:
     activation_id: str
-    record: ActivationRecord | None  # None: still running (non-blocking, or the wait ran out)
+    #: the stored record's JSON text (passed on to the client unparsed); None: still running
+    #: (non-blocking, or the wait ran out)
+    record_json: str | None
+
+    @property
+    def record(self) -> ActivationRecord | None:
+        return ActivationRecord.model_validate_json(self.record_json) if self.record_json else None
 
 
 def merge_params(defaults: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -83,9 +89,13 @@ def record_error(record: ActivationRecord) -> FaasLLMError | None:
 
 
 def record_http_status(record: ActivationRecord) -> int:
-    """OpenWhisk's blocking invoke: 200 for a success, 502 for an application or developer error
-    (the client's bad input included: the activation ran and reported it), 500 for an internal error."""
-    code = record.response.statusCode
+    return status_code_http(record.response.statusCode)
+
+
+def status_code_http(code: int) -> int:
+    """OpenWhisk's blocking invoke for a record's ``statusCode``: 200 for a success, 502 for an
+    application or developer error (the client's bad input included: the activation ran and
+    reported it), 500 for an internal error."""
     if code == ActivationStatus.SUCCESS:
         return 200
     return 502 if code in (ActivationStatus.APPLICATION_ERROR, ActivationStatus.DEVELOPER_ERROR) else 500
@@ -131,4 +141,5 @@ class InvokeService:
         if not blocking:
             return InvokeOutcome(submitted.activation_id, None)
         wait_ms = blocking_wait_ms(submitted.action, timeout_ms, self.settings.blocking_wait_max_ms)
-        return InvokeOutcome(submitted.activation_id, self.wait(submitted.activation_id, wait_ms, just_queued=True))
+        record = self.activations.wait_json(submitted.activation_id, wait_ms / 1000, just_queued=True)
+        return InvokeOutcome(submitted.activation_id, record)
