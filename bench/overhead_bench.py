@@ -41,6 +41,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import psutil
+
 from bench.common import Row, add_common_args, print_table, write_json
 from bench.up_cluster import REPO, UpCluster, bench_env
 
@@ -100,6 +102,37 @@ class Caller:
         self.conn.close()
 
 
+def role_of(cmdline: list[str]) -> str:
+    """Which part of the cluster a process is, from its command line."""
+    line = " ".join(cmdline)
+    for needle, role in (("action_runtime", "runtime"), ("redis-server", "redis"), ("gunicorn", "gateway"),
+                         ("gateway", "gateway"), ("invoker", "invoker"), ("cache_agent", "cache_agent"),
+                         ("cache-agent", "cache_agent"), ("worker", "celery")):
+        if needle in line:
+            return role
+    return "other"
+
+
+def cpu_by_role(cluster: UpCluster) -> dict[str, float]:
+    """CPU seconds (user + system) so far of every process of the cluster, summed by role, and this
+    process (the load generator) as ``client``."""
+    assert cluster.proc is not None
+    out: dict[str, float] = {"client": sum(os.times()[:2])}
+    try:
+        procs = [psutil.Process(cluster.proc.pid)]
+        procs += procs[0].children(recursive=True)
+    except psutil.Error:
+        return out
+    for proc in procs:
+        try:
+            role = "up" if proc.pid == cluster.proc.pid else role_of(proc.cmdline())
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        out[role] = out.get(role, 0.0) + times.user + times.system
+    return out
+
+
 def sequential(cluster: UpCluster, n: int) -> list[Row]:
     caller = Caller(cluster.port, cluster.auth)
     rows = []
@@ -107,10 +140,12 @@ def sequential(cluster: UpCluster, n: int) -> list[Row]:
         for _ in range(10):  # warm-up: connections, caches, first-time code paths
             caller.invoke()
         lat, own = [], []
+        cpu_before = cpu_by_role(cluster)
         for _ in range(n):
             t0 = time.perf_counter()
             own.append(caller.invoke())
             lat.append(time.perf_counter() - t0)
+        cpu_after = cpu_by_role(cluster)
         over = [a - b for a, b in zip(lat, own, strict=True)]
         rows.append({
             "case": "sequential blocking invoke", "n": n,
@@ -119,6 +154,11 @@ def sequential(cluster: UpCluster, n: int) -> list[Row]:
             "overhead_p50_ms": pct(over, 0.5) * 1e3, "overhead_p99_ms": pct(over, 0.99) * 1e3,
             "overhead_mean_ms": statistics.fmean(over) * 1e3, "inv_per_s": n / sum(lat),
         })
+        # CPU per invocation of each part (all its processes), over the same n blocking invokes
+        cpu = {role: (cpu_after[role] - cpu_before.get(role, 0.0)) * 1e3 / n for role in cpu_after}
+        rows.append({"case": "CPU ms per blocking invoke", "n": n, **{f"cpu_{k}_ms": round(v, 2)
+                                                                   for k, v in sorted(cpu.items())},
+                     "cpu_total_ms": round(sum(v for k, v in cpu.items() if k != "client"), 2)})
         # OpenAI completions: the body has no runtime timings; the runtime's own time is taken as the
         # blocking rows' median (same model, same prompt, one token)
         own_median = statistics.median(own)
@@ -273,9 +313,13 @@ def main(argv: list[str] | None = None) -> None:
     cols = ["case", "code", "n", "answered", "errors", "latency_p50_ms", "latency_p99_ms", "own_p50_ms",
             "overhead_p50_ms", "overhead_p99_ms", "overhead_mean_ms", "achieved_per_s", "inv_per_s", "p99_ok",
             "load_avg_1m"]
-    print_table(rows, cols, title=f"warm-path overhead, tiny model, max_tokens=1 "
-                                  f"(gateway {args.gateway_workers}x{args.gateway_threads}, "
-                                  f"action concurrency {args.action_concurrency})")
+    cpu_cols = sorted({k for r in rows for k in r if k.startswith("cpu_")})
+    print_table([r for r in rows if r["case"].startswith("CPU")], ["case", "code", *cpu_cols],
+                title="CPU ms per blocking invoke, by part of the cluster (cpu_total excludes the client)")
+    print_table([r for r in rows if not r["case"].startswith("CPU")], cols,
+                title=f"warm-path overhead, tiny model, max_tokens=1 "
+                      f"(gateway {args.gateway_workers}x{args.gateway_threads}, "
+                      f"action concurrency {args.action_concurrency})")
     write_json(args.json, rows, args={k: str(v) for k, v in vars(args).items()})
 
 
