@@ -244,6 +244,7 @@ def make_cluster(home: Path, repo: Path, args: argparse.Namespace) -> UpCluster:
         "gateway_workers": args.gateway_workers, "gateway_threads": args.gateway_threads,
         "invocations_per_minute": 10**7, "concurrent_invocations": 10**6,
         "dram_capacity_bytes": 64 * 1024 * 1024, "prewarm_count": 0, "keep_alive_s": 3600,
+        "runtime_torch_threads": args.runtime_torch_threads,
     })
     return UpCluster(home, env, repo=repo)
 
@@ -291,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--action-concurrency", type=int, default=8, help="the action's limits.concurrency")
     parser.add_argument("--gateway-workers", type=int, default=2)
     parser.add_argument("--gateway-threads", type=int, default=16)
+    parser.add_argument("--runtime-torch-threads", type=int, default=0,
+                        help="the runtimes' torch intra-op threads (0: torch's default, one per core)")
     parser.add_argument("--baseline-repo", type=Path, default=None, help="a checkout of the code before a change")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--model-dir", type=Path, default=None, help="the tiny model (default: built here)")
