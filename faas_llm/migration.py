@@ -72,14 +72,18 @@ class RunningRun(BaseModel):
 # --- the invoker's side ------------------------------------------------------------------------
 
 
-def register_run(r: Any, keys: Keys, run: RunningRun, moved_from: str | None = None) -> None:
+def register_run(r: Any, keys: Keys, run: RunningRun, moved_from: str | None = None, *, pipe: Any = None) -> None:
+    """``pipe``: queue the writes on this (MULTI) pipeline, which the caller executes, instead."""
     ttl_ms = max(1000, run.deadline_ms - now_ms() + 60_000)
-    pipe = r.pipeline(transaction=True)
+    own = pipe is None
+    if own:
+        pipe = r.pipeline(transaction=True)
     pipe.set(keys.activation_running(run.activation_id), run.model_dump_json(), px=ttl_ms)
     pipe.zadd(keys.node_running(run.node), {run.activation_id: run.deadline_ms})
     if moved_from is not None and moved_from != run.node:
         pipe.zrem(keys.node_running(moved_from), run.activation_id)
-    pipe.execute()
+    if own:
+        pipe.execute()
 
 
 def unregister_run(r: Any, keys: Keys, activation_id: str, nodes: list[str]) -> None:

@@ -13,14 +13,19 @@ from faas_llm.keys import Keys
 from faas_llm.types import now_ms
 
 
-def record_invocation(r: Any, keys: Keys, model: str, window_s: int, at_ms: int | None = None) -> None:
+def record_invocation(r: Any, keys: Keys, model: str, window_s: int, at_ms: int | None = None, *,
+                      pipe: Any = None) -> None:
+    """``pipe``: queue the writes on this pipeline, which the caller executes, instead."""
     minute = (now_ms() if at_ms is None else at_ms) // 60_000
     key = keys.model_popularity_window(minute)
-    pipe = r.pipeline(transaction=False)
+    own = pipe is None
+    if own:
+        pipe = r.pipeline(transaction=False)
     pipe.zincrby(key, 1, model)
     pipe.expire(key, window_s + 120)
     pipe.zincrby(keys.model_popularity(), 1, model)
-    pipe.execute()
+    if own:
+        pipe.execute()
 
 
 def recent_counts(r: Any, keys: Keys, window_s: int, at_ms: int | None = None) -> dict[str, int]:

@@ -302,9 +302,11 @@ class Dispatcher:
         run = migration.RunningRun(activation_id=inv.activation_id, node=self.settings.node_id, container=container.id,
                                    url=container.handle.url, namespace=inv.namespace, action=inv.action, model=model,
                                    deadline_ms=inv.deadline_ms, started_ms=now_ms(), max_tokens=_max_tokens(inv.params))
-        try:
-            migration.register_run(self.r, self.keys, run)
-            record_invocation(self.r, self.keys, model, self.settings.prefetch_window_s)
+        try:  # one round trip for both
+            pipe = self.r.pipeline(transaction=True)
+            migration.register_run(self.r, self.keys, run, pipe=pipe)
+            record_invocation(self.r, self.keys, model, self.settings.prefetch_window_s, pipe=pipe)
+            pipe.execute()
         except redis.RedisError as exc:
             log.warning("could not register run %s: %s", inv.activation_id, exc)
         return run
