@@ -49,14 +49,17 @@ class ClusterSpec:
     #: sensitivity knob: one FIFO loader per node for every tier (default: a network fetch queue and an SSD
     #: read queue; DRAM loads go over each GPU's own PCIe link without queueing)
     single_loader: bool = False
+    #: seconds a new instance spends outside the checkpoint load (runtime boot, init, the scheduler's reaction):
+    #: 0 in the comparison (the same for every policy); measured in bench/sim_validate.py
+    start_overhead_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.slots_per_node < 1 or self.gpus_per_node < 1:
             raise ConfigError("a cluster needs >= 1 node, GPU and slot per node")
         if min(self.bw_dram, self.bw_ssd, self.bw_registry) <= 0:
             raise ConfigError("bandwidths must be > 0")
-        if self.keep_alive_s < 0 or self.ssd_replicas < 0:
-            raise ConfigError("keep_alive_s and ssd_replicas must be >= 0")
+        if self.keep_alive_s < 0 or self.ssd_replicas < 0 or self.start_overhead_s < 0:
+            raise ConfigError("keep_alive_s, ssd_replicas and start_overhead_s must be >= 0")
 
     @property
     def node_memory_mb(self) -> int:

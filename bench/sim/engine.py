@@ -15,8 +15,12 @@ own PCIe link; ServerlessLLM's model); ``single_loader`` puts every load in one 
 queue instead. Policies see the SSD queue as ``queue_s`` and the pending registry bytes
 as ``queue_bytes`` (as the invoker's views carry them). A DRAM and an SSD LRU cache
 (a registry load fills both, an SSD load fills DRAM), GPU slots and memory; idle
-instances are kept ``keep_alive_s`` and are evicted least-recently-used (the real
-:func:`faas_llm.pool_policy.lru_victims`) when a start needs their room. Policies see
+instances are kept ``keep_alive_s`` (or, with ``keep_until_needed``, until their slot is wanted or
+``max_idle_s``: the real :func:`faas_llm.pool_policy.keep_alive_removals`) and are evicted
+least-recently-used (the real :func:`faas_llm.pool_policy.lru_victims`) when a start needs their room.
+``tail_estimate`` gives the policy busy instances' free times from each model's run-time distribution
+(:class:`faas_llm.placement.RunTimeDistribution`); ``cluster.start_overhead_s`` adds a fixed runtime
+boot/init time to every new instance (0 in the comparison; measured in ``bench/sim_validate.py``). Policies see
 exactly what the invoker's views carry, built with the real
 :class:`~faas_llm.placement.NodeView`.
 """
@@ -33,9 +37,9 @@ from dataclasses import dataclass, field
 
 from bench.sim.cluster import Instance, InstState, Node
 from bench.sim.costs import ClusterSpec, GpuModel
-from bench.sim.workload import Request, Workload, expected_run_s
-from faas_llm.placement import Decision, NodeView, PlacementPolicy, PlacementRequest
-from faas_llm.pool_policy import PoolCapacity, has_room, lru_victims
+from bench.sim.workload import Request, Workload, expected_run_s, run_distributions
+from faas_llm.placement import Decision, NodeView, PlacementPolicy, PlacementRequest, RunTimeDistribution
+from faas_llm.pool_policy import PoolCapacity, has_room, keep_alive_removals, lru_victims
 from faas_llm.types import LoadTier
 
 ARRIVE, LOAD_DONE, RUN_DONE, EXPIRE, MOVE_DONE = range(5)
@@ -78,6 +82,9 @@ class Simulator:
         oracle: bool = False,
         clairvoyant: bool = False,
         migration: MigrationHook | None = None,
+        keep_until_needed: bool = False,
+        max_idle_s: float = 3600.0,
+        tail_estimate: bool = False,
     ) -> None:
         self.w = workload
         self.policy = policy
@@ -99,6 +106,12 @@ class Simulator:
             for m in workload.models
         ]
         self.expected_run = expected_run_s(workload, cluster, gpu)
+        #: keep-alive as the real pool applies it (faas_llm.pool_policy.keep_alive_removals)
+        self.keep_until_needed = keep_until_needed
+        self.max_idle_s = max_idle_s
+        #: busy instances' free times from each model's run-time distribution given the time run so far
+        #: (faas_llm.placement.RunTimeDistribution), instead of "mean minus elapsed"
+        self.run_dists = run_distributions(workload, cluster, gpu) if tail_estimate else None
         self.queue: list[deque[Request]] = [deque() for _ in range(n)]
         self.starting = [0] * n
         self.claims = [0] * n  # requests waiting for a busy warm instance (locality's WARM decisions)
@@ -209,9 +222,10 @@ class Simulator:
         if not busy:
             return per_node
         run = self.expected_run[m]
-        heap = [
-            ((i.run_end if self.clairvoyant else max(self.now, i.run_start + run)), i.node) for i in busy
-        ]
+        dist = self.run_dists[m] if self.run_dists is not None else None
+        if dist is not None:
+            run = dist.mean  # a queued request's run, not yet started
+        heap = [(self._busy_end(i, run, dist), i.node) for i in busy]
         heapq.heapify(heap)
         queued = list(itertools.islice(self.queue[m], self.claims[m])) if self.clairvoyant else []
         for k in range(self.claims[m]):
@@ -220,6 +234,15 @@ class Simulator:
         for t, node in heap:
             per_node[node].append(t - self.now)
         return per_node
+
+    def _busy_end(self, inst: Instance, run: float, dist: RunTimeDistribution | None) -> float:
+        """When a busy instance is expected free: its true end (clairvoyant), the tail-aware estimate, or
+        the model's mean run from its start."""
+        if self.clairvoyant:
+            return inst.run_end
+        if dist is not None:
+            return self.now + dist.expected_remaining(self.now - inst.run_start)
+        return max(self.now, inst.run_start + run)
 
     def view(self, node: Node, m: int, busy_free: list[float] | None = None, idle: int | None = None) -> NodeView:
         name = self.names[m]
@@ -237,6 +260,7 @@ class Simulator:
             queue_s=0.0 if self.oracle else max(0.0, node.loader_free_at - self.now),
             # registry fetches still pending, as the real views carry them (bytes, drained at registry bandwidth)
             queue_bytes=0 if self.oracle else int(max(0.0, node.fetch_free_at - self.now) * self.cluster.bw_registry),
+            boot_s=self.cluster.start_overhead_s,
         )
 
     def views(self, m: int) -> list[NodeView]:
@@ -292,6 +316,7 @@ class Simulator:
         elif tier is LoadTier.SSD:
             node.ssd.pin(name)
         _, end = self._load_time(node, m, tier)
+        end += self.cluster.start_overhead_s
         state = InstState.MIGRATING_IN if migrating else InstState.STARTING
         inst = Instance(next(self._ids), m, n, memory, state, tier)
         inst.last_used = self.now
@@ -378,8 +403,16 @@ class Simulator:
         self._ready(inst)
 
     def _expire(self, inst: Instance, idle_since: float) -> None:
-        if inst.state is InstState.IDLE and inst.last_used == idle_since:
+        if inst.state is not InstState.IDLE or inst.last_used != idle_since:
+            return
+        gone = keep_alive_removals([inst.container_view()], [str(inst.id)], self.now,
+                                   until_needed=self.keep_until_needed, max_idle_s=self.max_idle_s)
+        if gone:
             self._remove(inst)
+        else:  # kept while its slot is not wanted: look again when it reaches the idle cap (float-safe)
+            again = idle_since + max(self.max_idle_s, self.cluster.keep_alive_s)
+            self._push(again if again > self.now else self.now + 1e-6 * max(1.0, self.now), EXPIRE,
+                       (inst, idle_since))
 
     def _remove(self, inst: Instance) -> None:
         node = self.nodes[inst.node]

@@ -60,7 +60,7 @@ def plot_cdfs(path: Path, panels: Mapping[str, Mapping[str, Sequence[float]]], t
             if not xs:
                 continue
             ys = [(i + 1) / len(xs) for i in range(len(xs))]
-            style = "--" if label in ("oracle", "serverlessllm") else "-"
+            style = "--" if label in ("clairvoyant", "serverlessllm") else "-"
             ax.step(xs, ys, where="post", label=label, linestyle=style, linewidth=1.4)
         ax.set_xscale("log")
         ax.set_xlabel("startup latency (s), warm drawn at 0.01 s")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from bench.sim.costs import ClusterSpec, GpuModel, ModelSpec
 from bench.sim.trace import TraceRecord
 from faas_llm.errors import ConfigError
+from faas_llm.placement import RunTimeDistribution
 
 #: (parameters in billions, how many models of that class): 32 models, 1-70B, ~0.8 TB in fp16
 DEFAULT_CLASSES: tuple[tuple[float, int], ...] = (
@@ -109,3 +110,18 @@ def expected_run_s(workload: Workload, cluster: ClusterSpec, gpu: GpuModel) -> l
     return [
         gpu.prefill_s_per_token(m, cluster) * ctx + gpu.decode_s_per_token(m, cluster) * gen for m in workload.models
     ]
+
+
+def run_distributions(
+    workload: Workload, cluster: ClusterSpec, gpu: GpuModel, samples: int = 2000
+) -> list[RunTimeDistribution]:
+    """What a scheduler can know of a model's run-time *distribution*: the workload's (prompt, output)
+    token pairs (history; ``samples`` evenly spaced ones) at the model's rates. Not the request's own length."""
+    n = len(workload.requests)
+    step = max(1, n // samples)
+    tokens = [(r.ctx_tokens, r.gen_tokens) for r in workload.requests[::step]]
+    out = []
+    for m in workload.models:
+        pre, dec = gpu.prefill_s_per_token(m, cluster), gpu.decode_s_per_token(m, cluster)
+        out.append(RunTimeDistribution(ctx * pre + gen * dec for ctx, gen in tokens))
+    return out
