@@ -67,7 +67,7 @@ def make_runner(name: str, cfg: Config) -> tuple[PlacementPolicy, MigrationHook 
     """
     ours: dict[str, Any] = {"tail_estimate": True, "keep_until_needed": True, "max_idle_s": cfg.max_idle_s}
     if name == "clairvoyant":
-        return LocalityPolicy(name=name, warm_margin=1.0), None, {**ours, "clairvoyant": True}
+        return LocalityPolicy(name=name, warm_z=0.0), None, {**ours, "clairvoyant": True}
     if name == "locality-nowarm":
         return LocalityPolicy(name=name, use_warm=False), None, ours
     if name == "locality-ka60":
@@ -77,7 +77,7 @@ def make_runner(name: str, cfg: Config) -> tuple[PlacementPolicy, MigrationHook 
     if name == "locality+migration":
         return make_policy("locality", cfg.seed), migration_hook(cfg.migration), ours
     if name == "locality-v0":
-        return LocalityPolicy(name=name, warm_margin=1.0), None, {}
+        return LocalityPolicy(name=name), None, {}  # views without a spread: plain comparison
     if name == "serverlessllm+keep":
         return make_policy("serverlessllm", cfg.seed), None, {"keep_until_needed": True, "max_idle_s": cfg.max_idle_s}
     return make_policy(name, cfg.seed), None, {}

@@ -20,7 +20,14 @@ Policies (``settings.placement_policy`` names one; :func:`make_policy`):
       (DRAM, SSD, the registry, which holds everything).
 
     It picks the node with the smallest estimate; ties go to the faster tier, then
-    to the node id (deterministic).
+    to the node id (deterministic). It waits for a busy warm instance only when that
+    is *clearly* sooner than the best load (its expected free time plus ``warm_z``
+    standard deviations <= the load, where the views carry the deviation): a busy
+    instance's free time is an estimate of a heavy-tailed quantity, a load's is not.
+    Callers that know an action's run-time distribution estimate a busy instance's
+    free time with :meth:`RunTimeDistribution.expected_remaining` (``E[R - a | R > a]``
+    for an instance that has run ``a`` s, rather than "mean - a") and its spread with
+    :meth:`RunTimeDistribution.remaining_variance`.
 ``serverlessllm``
     ServerlessLLM's storage-aware rule: among nodes with a free slot and a local
     copy, DRAM costs ``size / bw_dram`` (no queue), SSD costs
@@ -77,6 +84,8 @@ class NodeView:
     warm_idle: int = 0
     #: expected seconds until each busy warm instance of the model is free
     warm_busy_free_s: tuple[float, ...] = ()
+    #: standard deviation of each of those times, where the caller knows it (same order; empty: unknown, 0)
+    warm_busy_sd_s: tuple[float, ...] = ()
     in_dram: bool = False
     in_ssd: bool = False
     bw_dram: float = 0.0
@@ -178,8 +187,10 @@ class RunTimeDistribution:
             raise ConfigError("a run-time distribution needs at least one sample")
         # suffix sums: self._suffix[i] = sum(self.sorted[i:])
         self._suffix = [0.0] * (len(self.sorted) + 1)
+        self._suffix2 = [0.0] * (len(self.sorted) + 1)
         for i in range(len(self.sorted) - 1, -1, -1):
             self._suffix[i] = self._suffix[i + 1] + self.sorted[i]
+            self._suffix2[i] = self._suffix2[i + 1] + self.sorted[i] ** 2
 
     @property
     def mean(self) -> float:
@@ -196,6 +207,34 @@ class RunTimeDistribution:
         if longer == 0:
             return self.mean
         return self._suffix[i] / longer - a
+
+    @property
+    def variance(self) -> float:
+        n = len(self.sorted)
+        return max(0.0, self._suffix2[0] / n - self.mean**2)
+
+    def remaining_variance(self, elapsed_s: float) -> float:
+        """``Var[R - a | R > a]`` (past the longest sample: the unconditional variance)."""
+        a = max(0.0, elapsed_s)
+        i = bisect.bisect_right(self.sorted, a)
+        longer = len(self.sorted) - i
+        if longer == 0:
+            return self.variance
+        mean = self._suffix[i] / longer
+        return max(0.0, self._suffix2[i] / longer - mean * mean)
+
+
+def warm_wait_bounded(node: NodeView, z: float) -> tuple[float, float] | None:
+    """(expected seconds, expected + ``z`` standard deviations) of the soonest warm instance on ``node`` by the
+    second figure, or ``None`` without one. A busy instance's free time is an estimate of a heavy-tailed
+    quantity; its spread shrinks (relative to its mean) when several runs are queued ahead."""
+    if node.warm_idle > 0:
+        return 0.0, 0.0
+    if not node.warm_busy_free_s:
+        return None
+    sds = node.warm_busy_sd_s if len(node.warm_busy_sd_s) == len(node.warm_busy_free_s) else ()
+    pairs = [(max(0.0, e), max(0.0, e) + z * (sds[k] if sds else 0.0)) for k, e in enumerate(node.warm_busy_free_s)]
+    return min(pairs, key=lambda p: (p[1], p[0]))
 
 
 def warm_wait(node: NodeView) -> float | None:
@@ -230,25 +269,26 @@ class LocalityPolicy:
     name: str = "locality"
     #: consider waiting for busy warm instances (off: only start new instances)
     use_warm: bool = True
-    #: wait for a busy instance only when its expected free time is below ``1 / warm_margin`` of the
-    #: best load: the estimate is an expectation of a heavy-tailed time (its spread is of the order of its
-    #: mean), while a load's time is nearly deterministic; 1.0 is the plain minimum
-    warm_margin: float = 1.5
+    #: wait for a busy instance only when its expected free time plus ``warm_z`` standard deviations (where the
+    #: views carry them: ``warm_busy_sd_s``) is <= the best load: a load's time is nearly deterministic, a busy
+    #: instance's free time is not; 0 is the plain comparison of expectations
+    warm_z: float = 1.0
 
     def choose(self, request: PlacementRequest, nodes: Sequence[NodeView]) -> Decision | None:
         loads = [_decide_load(request, n) for n in nodes if n.can_start(request.memory_mb)]
         best_load = _best(loads)
-        warms: list[Decision] = []
-        for node in nodes:
-            wait = warm_wait(node) if self.use_warm else None
-            if wait is not None:
-                warms.append(Decision(node.node, wait, LoadTier.WARM))
-        best_warm = _best(warms)
-        if best_warm is None:
+        warms: list[tuple[float, Decision]] = []
+        if self.use_warm:
+            for node in nodes:
+                got = warm_wait_bounded(node, self.warm_z)
+                if got is not None:
+                    warms.append((got[1], Decision(node.node, got[0], LoadTier.WARM)))
+        if not warms:
             return best_load
-        if best_load is None or best_warm.startup_s == 0.0:
+        upper, best_warm = min(warms, key=lambda w: (w[0], w[1].startup_s, w[1].node))
+        if best_load is None or upper <= best_load.startup_s:
             return best_warm
-        return best_warm if best_warm.startup_s * self.warm_margin <= best_load.startup_s else best_load
+        return best_load
 
 
 @dataclass

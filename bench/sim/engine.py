@@ -211,47 +211,57 @@ class Simulator:
     def node_index(self, name: str) -> int:
         return int(name[1:])
 
-    def busy_free_s(self, m: int) -> list[list[float]]:
-        """Per node, when each busy warm instance of ``m`` is expected free, after the claimed requests.
+    def busy_free_s(self, m: int) -> list[list[tuple[float, float]]]:
+        """Per node, (expected seconds, standard deviation) until each busy warm instance of ``m`` is free,
+        after the claimed requests.
 
-        Non-clairvoyant: ``expected_run_s`` of the model (its rates at the workload's mean
-        tokens), not the request's true length. Clairvoyant runs (the oracle) use the true end times.
+        Non-clairvoyant: ``expected_run_s`` of the model (its rates at the workload's mean tokens), or with
+        ``tail_estimate`` its run-time distribution given the time run so far (mean and spread; each queued
+        run adds the distribution's mean and variance); not the request's true length. Clairvoyant runs use
+        the true end times (no spread).
         """
-        per_node: list[list[float]] = [[] for _ in self.nodes]
+        per_node: list[list[tuple[float, float]]] = [[] for _ in self.nodes]
         busy = [i for i in self.busy[m].values() if i.evict_for is None]
         if not busy:
             return per_node
-        run = self.expected_run[m]
+        run, run_var = self.expected_run[m], 0.0
         dist = self.run_dists[m] if self.run_dists is not None else None
         if dist is not None:
-            run = dist.mean  # a queued request's run, not yet started
-        heap = [(self._busy_end(i, run, dist), i.node) for i in busy]
+            run, run_var = dist.mean, dist.variance  # a queued request's run, not yet started
+        heap = [(*self._busy_end(i, run, dist), i.node) for i in busy]
         heapq.heapify(heap)
         queued = list(itertools.islice(self.queue[m], self.claims[m])) if self.clairvoyant else []
         for k in range(self.claims[m]):
-            t, node = heapq.heappop(heap)
-            heapq.heappush(heap, (t + (queued[k].run_s if self.clairvoyant else run), node))
-        for t, node in heap:
-            per_node[node].append(t - self.now)
+            t, var, node = heapq.heappop(heap)
+            if self.clairvoyant:
+                heapq.heappush(heap, (t + queued[k].run_s, 0.0, node))
+            else:
+                heapq.heappush(heap, (t + run, var + run_var, node))
+        for t, var, node in heap:
+            per_node[node].append((t - self.now, math.sqrt(var)))
         return per_node
 
-    def _busy_end(self, inst: Instance, run: float, dist: RunTimeDistribution | None) -> float:
-        """When a busy instance is expected free: its true end (clairvoyant), the tail-aware estimate, or
-        the model's mean run from its start."""
+    def _busy_end(self, inst: Instance, run: float, dist: RunTimeDistribution | None) -> tuple[float, float]:
+        """(when a busy instance is expected free, the variance): its true end (clairvoyant), the tail-aware
+        estimate, or the model's mean run from its start (no variance known)."""
         if self.clairvoyant:
-            return inst.run_end
+            return inst.run_end, 0.0
         if dist is not None:
-            return self.now + dist.expected_remaining(self.now - inst.run_start)
-        return max(self.now, inst.run_start + run)
+            elapsed = self.now - inst.run_start
+            return self.now + dist.expected_remaining(elapsed), dist.remaining_variance(elapsed)
+        return max(self.now, inst.run_start + run), 0.0
 
-    def view(self, node: Node, m: int, busy_free: list[float] | None = None, idle: int | None = None) -> NodeView:
+    def view(self, node: Node, m: int, busy_free: list[tuple[float, float]] | None = None,
+             idle: int | None = None) -> NodeView:
         name = self.names[m]
+        busy_free = busy_free or []
         return NodeView(
             node=node.name,
             free_slots=max(0, self.slots - node.occupied_slots),
             free_memory_mb=max(0, self.memory_mb - node.occupied_mb),
             warm_idle=sum(1 for i in self.idle[m].values() if i.node == node.index) if idle is None else idle,
-            warm_busy_free_s=tuple(busy_free or ()),
+            warm_busy_free_s=tuple(t for t, _ in busy_free),
+            warm_busy_sd_s=tuple(sd for _, sd in busy_free) if self.run_dists is not None else (),
             in_dram=name in node.dram,
             in_ssd=name in node.ssd,
             bw_dram=self.cluster.bw_dram,

@@ -170,8 +170,8 @@ def test_the_tail_estimate_waits_less_on_a_long_running_instance() -> None:
     reqs = [Request(0, 0.0, 0, 1, 1000, 30.0), Request(1, 7.5, 0, 1, 1, 0.01)]
     reqs += [Request(i, 1000.0 + i, 0, 1, 1 if i % 2 else 1000, 0.01) for i in range(2, 40)]
     wl = Workload((SMALL,), tuple(reqs), (0,))
-    mean = Simulator(wl, LocalityPolicy(warm_margin=1.0), cluster, GPU, seed=0).run().served
-    tail = Simulator(wl, LocalityPolicy(warm_margin=1.0), cluster, GPU, seed=0, tail_estimate=True).run().served
+    mean = Simulator(wl, LocalityPolicy(warm_z=0.0), cluster, GPU, seed=0).run().served
+    tail = Simulator(wl, LocalityPolicy(warm_z=0.0), cluster, GPU, seed=0, tail_estimate=True).run().served
     second = {s.request: s for s in mean}[1], {s.request: s for s in tail}[1]
     assert second[0].tier is LoadTier.WARM and second[0].latency_s == pytest.approx(26.0)
     assert second[1].tier is LoadTier.DRAM and second[1].latency_s == pytest.approx(SMALL.size_bytes / ONE.bw_dram)

@@ -98,7 +98,7 @@ def test_locality_ties_break_by_tier_then_node_id_whatever_the_input_order() -> 
 
     warm = node("z", free_slots=0, warm_busy_free_s=(0.5,))
     dram = node("a", in_dram=True)
-    assert LocalityPolicy(warm_margin=1.0).choose(REQ, [dram, warm]) == Decision("z", 0.5, LoadTier.WARM)
+    assert LocalityPolicy().choose(REQ, [dram, warm]) == Decision("z", 0.5, LoadTier.WARM)
 
 
 def test_locality_skips_draining_and_memory_starved_nodes() -> None:
@@ -231,12 +231,26 @@ def test_locality_waits_for_a_busy_instance_only_when_clearly_sooner_than_a_load
     from faas_llm.placement import LocalityPolicy
 
     load = node("b", in_dram=True)  # 0.5 s from DRAM
-    assert LocalityPolicy().choose(REQ, [node("a", free_slots=0, warm_busy_free_s=(0.3,)), load]) == Decision(
-        "a", 0.3, LoadTier.WARM)  # 0.3 * 1.5 <= 0.5
-    assert LocalityPolicy().choose(REQ, [node("a", free_slots=0, warm_busy_free_s=(0.4,)), load]) == Decision(
-        "b", 0.5, LoadTier.DRAM)  # 0.4 * 1.5 > 0.5: not clearly sooner
-    assert LocalityPolicy(warm_margin=1.0).choose(
-        REQ, [node("a", free_slots=0, warm_busy_free_s=(0.4,)), load]).tier is LoadTier.WARM
+    sure = node("a", free_slots=0, warm_busy_free_s=(0.3,), warm_busy_sd_s=(0.1,))
+    unsure = node("a", free_slots=0, warm_busy_free_s=(0.3,), warm_busy_sd_s=(0.4,))
+    assert LocalityPolicy().choose(REQ, [sure, load]) == Decision("a", 0.3, LoadTier.WARM)  # 0.3 + 0.1 <= 0.5
+    assert LocalityPolicy().choose(REQ, [unsure, load]) == Decision("b", 0.5, LoadTier.DRAM)  # 0.3 + 0.4 > 0.5
+    assert LocalityPolicy(warm_z=0.0).choose(REQ, [unsure, load]).tier is LoadTier.WARM  # type: ignore[union-attr]
+    # the soonest by the upper figure: a sure 0.4 beats an unsure 0.3
+    two = node("a", free_slots=0, warm_busy_free_s=(0.3, 0.4), warm_busy_sd_s=(0.4, 0.0))
+    assert LocalityPolicy().choose(REQ, [two, load]) == Decision("a", 0.4, LoadTier.WARM)
+    # no spread known (the invoker's views today): the plain comparison
+    assert LocalityPolicy().choose(REQ, [node("a", free_slots=0, warm_busy_free_s=(0.5,)), load]).tier is LoadTier.WARM  # type: ignore[union-attr]
     # no room anywhere: waiting is the only option
     assert LocalityPolicy().choose(REQ, [node("a", free_slots=0, warm_busy_free_s=(9.0,))]) == Decision(
         "a", 9.0, LoadTier.WARM)
+
+
+def test_remaining_variance_is_the_conditional_spread() -> None:
+    from faas_llm.placement import RunTimeDistribution
+
+    dist = RunTimeDistribution([1.0, 3.0])
+    assert dist.variance == pytest.approx(1.0)
+    assert dist.remaining_variance(0.0) == pytest.approx(1.0)
+    assert dist.remaining_variance(2.0) == pytest.approx(0.0)  # only the 3 s run is left
+    assert dist.remaining_variance(10.0) == pytest.approx(1.0)
