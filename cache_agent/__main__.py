@@ -40,11 +40,15 @@ def run(settings: Settings, ready: threading.Event | None = None, stop: threadin
             start_http_server(settings.cache_metrics_port, addr=settings.runtime_host, registry=agent.metrics.registry)
         server = AgentServer(settings.cache_socket_path, agent)
         server.start()
-        log.info("cache agent %s ready on %s: DRAM %d bytes (%s, pre-faulted in %.2f s), SSD %d bytes at %s, "
-                 "registry %s%s", settings.node_id, settings.cache_socket_path, agent.pool.capacity, agent.pool.path,
-                 agent.pool.prefault_s, agent.ssd.capacity, agent.ssd.root, agent.registry.url,
+        log.info("cache agent %s ready on %s: DRAM %d bytes (%s, %s pages, pre-faulted in %.2f s), SSD %d bytes "
+                 "at %s, registry %s%s", settings.node_id, settings.cache_socket_path, agent.pool.capacity,
+                 agent.pool.path, "2 MiB" if agent.pool.page_bytes > 4096 else "4 KiB", agent.pool.prefault_s,
+                 agent.ssd.capacity, agent.ssd.root, agent.registry.url,
                  f", removed {len(agent.reindexed_broken)} broken SSD entries" if agent.reindexed_broken else "")
-        print(f"cache-agent ready socket={settings.cache_socket_path} segment={agent.pool.path}", flush=True)
+        if agent.pool.advice:
+            log.warning("%s", agent.pool.advice)
+        print(f"cache-agent ready socket={settings.cache_socket_path} segment={agent.pool.path} "
+              f"page_bytes={agent.pool.page_bytes}", flush=True)
         if ready is not None:
             ready.set()
         stop.wait()

@@ -108,6 +108,7 @@ class CacheAgent:
             "dram": self.pool.measure_bandwidth(), "ssd": self.ssd.measure_read_bandwidth(), "registry": 0.0,
         }
         self.metrics.capacity_bytes.labels("dram").set(self.pool.capacity)
+        self.metrics.page_bytes.set(self.pool.page_bytes)
         self.metrics.capacity_bytes.labels("ssd").set(self.ssd.capacity)
         self._on_change: Callable[[], None] = lambda: None
         self._stop = threading.Event()
@@ -257,6 +258,7 @@ class CacheAgent:
             node=self.settings.node_id, segment=str(self.pool.path), dram_capacity=self.pool.capacity,
             dram_free=dram_free, ssd_capacity=self.ssd.capacity, ssd_used=self.ssd.used, dram=dram, ssd=ssd,
             leases=leases, pending=pending, counters=counters, bandwidth=bandwidth,
+            dram_page_bytes=self.pool.page_bytes, dram_huge_share=self.pool.huge_share,
         )
 
     def inventory(self) -> CacheInventory:

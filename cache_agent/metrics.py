@@ -23,6 +23,9 @@ class AgentMetrics:
         self.used_bytes = Gauge("faas_cache_used_bytes", "Bytes held per tier", ["tier"], registry=r)
         self.capacity_bytes = Gauge("faas_cache_capacity_bytes", "Capacity per tier", ["tier"], registry=r)
         self.leases = Gauge("faas_cache_leases", "Live client leases", registry=r)
+        self.page_bytes = Gauge("faas_cache_dram_page_bytes",
+                                "Page size of the DRAM pool (4096; 2097152 on huge pages: see docs/deploy.md)",
+                                registry=r)
         self.pending = Gauge("faas_cache_pending_loads", "Loads queued or in flight", registry=r)
 
     def text(self) -> str:

@@ -4,6 +4,14 @@ by :mod:`cache_agent.policy`. Clients map extents of the same file (no copy).
 
 The agent removes the segment's name when it stops; a segment left by an agent that
 died (its pid is gone) is removed by the next agent of the same node at start.
+
+Which page size the pool got matters for the cold path: a runtime that maps a checkpoint of
+4 KiB shmem pages pays ~640,000 page faults per 2.6 GB on its first forward pass (about 1 s on
+the development VM), one on 2 MiB pages a few hundred. ``/dev/shm`` gives huge pages only where
+``/sys/kernel/mm/transparent_hugepage/shmem_enabled`` is ``always``/``within_size``/``advise``;
+a tmpfs mounted ``huge=always`` (``FAAS_LLM_DRAM_POOL_DIR``) gives them regardless. The pool
+measures what it got after pre-faulting (:func:`mapping_pages`, from ``/proc/self/smaps``) and
+the agent logs it, with :func:`pool_page_advice` when it is 4 KiB (see docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -20,7 +28,82 @@ import numpy as np
 from faas_llm.errors import ConfigError
 
 ALIGNMENT = 2 * 1024 * 1024  # extents start on 2 MiB boundaries (huge-page friendly, 4 KiB-aligned)
+HUGE_PAGE = 2 * 1024 * 1024
+SHMEM_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
+
+
+def mapping_pages(address: int, smaps: Path = Path("/proc/self/smaps")) -> tuple[int, int]:
+    """(resident bytes, bytes mapped with 2 MiB PMD entries) of this process's mapping that
+    contains ``address``; (0, 0) where /proc/self/smaps cannot say."""
+    try:
+        text = smaps.read_text()
+    except OSError:
+        return 0, 0
+    return parse_smaps(text, address)
+
+
+def parse_smaps(text: str, address: int) -> tuple[int, int]:
+    """Pure part of :func:`mapping_pages`: ``Rss`` and ``ShmemPmdMapped``/``FilePmdMapped``/``AnonHugePages``
+    (bytes) of the smaps entry whose range holds ``address``."""
+    inside = False
+    rss = huge = 0
+    for line in text.splitlines():
+        head = line.split(maxsplit=1)[0] if line.strip() else ""
+        if "-" in head and not head.endswith(":"):
+            if inside:
+                break
+            start, _, end = head.partition("-")
+            try:
+                inside = int(start, 16) <= address < int(end, 16)
+            except ValueError:
+                inside = False
+        elif inside and head in ("Rss:", "ShmemPmdMapped:", "FilePmdMapped:", "AnonHugePages:"):
+            kib = int(line.split()[1]) * 1024
+            if head == "Rss:":
+                rss = kib
+            else:
+                huge += kib
+    return rss, huge
+
+
+def tmpfs_huge_option(directory: Path, mounts: Path = Path("/proc/self/mounts")) -> str | None:
+    """The ``huge=`` option of the tmpfs that holds ``directory`` (None: not a tmpfs, or no option)."""
+    try:
+        lines = mounts.read_text().splitlines()
+        target = directory.resolve()
+    except OSError:
+        return None
+    best: tuple[int, str | None] = (-1, None)
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        point = Path(fields[1].replace("\\040", " "))
+        if (target == point or point in target.parents) and len(point.parts) > best[0]:
+            huge = next((o.split("=", 1)[1] for o in fields[3].split(",") if o.startswith("huge=")), None)
+            best = (len(point.parts), huge if fields[2] == "tmpfs" else None)
+    return best[1]
+
+
+def pool_page_advice(page_bytes: int, directory: Path, mount_huge: str | None, shmem_enabled: str | None) -> str | None:
+    """Why the pool got 4 KiB pages and what to do, or None when it got huge pages."""
+    if page_bytes >= HUGE_PAGE:
+        return None
+    why = (f"the tmpfs at {directory} is mounted huge={mount_huge}" if mount_huge
+           else f"shmem_enabled is '{shmem_enabled or 'unknown'}' and {directory} has no huge= mount option")
+    return (f"the DRAM pool got 4 KiB pages ({why}): every runtime pays one page fault per 4 KiB of a "
+            "checkpoint on its first forward pass. Put FAAS_LLM_DRAM_POOL_DIR on a tmpfs mounted with "
+            "huge=always (mount -t tmpfs -o huge=always,size=SIZE none DIR; docs/deploy.md)")
+
+
+def _shmem_enabled() -> str | None:
+    try:
+        text = SHMEM_ENABLED.read_text()
+    except OSError:
+        return None
+    chosen = [w for w in text.split() if w.startswith("[")]
+    return chosen[0].strip("[]") if chosen else text.strip()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -58,6 +141,16 @@ class DramPool:
         self._prefault()
         self.prefault_s = time.perf_counter() - started
         self.view = memoryview(self._mmap)
+        self.directory = directory
+        resident, huge = mapping_pages(self.address)
+        #: the fraction of the pool mapped with 2 MiB pages, and the page size that says
+        self.huge_share = huge / resident if resident else 0.0
+        self.page_bytes = HUGE_PAGE if self.huge_share >= 0.5 else mmap.PAGESIZE
+        self.advice = pool_page_advice(self.page_bytes, directory, tmpfs_huge_option(directory), _shmem_enabled())
+
+    @property
+    def address(self) -> int:
+        return int(np.frombuffer(self._mmap, dtype=np.uint8, count=1).ctypes.data)
 
     @staticmethod
     def _remove_stale(directory: Path, tag: str) -> None:

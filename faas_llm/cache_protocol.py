@@ -145,6 +145,8 @@ class StatusReply(_Msg):
     pending: list[str]
     counters: dict[str, int] = Field(default_factory=dict, description="loads and fetches by kind")
     bandwidth: dict[str, float] = Field(default_factory=dict, description="measured bytes/s per tier")
+    dram_page_bytes: int = Field(0, description="page size the DRAM pool got (4096, or 2 MiB on huge pages)")
+    dram_huge_share: float = Field(0.0, description="fraction of the DRAM pool mapped with 2 MiB pages")
 
 
 class MetricsReply(_Msg):
