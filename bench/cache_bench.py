@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import gc
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import add_common_args, median, print_table, write_json
+from bench.common import add_common_args, drop_page_cache, median, print_table, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "bench/llama"
@@ -136,6 +137,23 @@ def ssd_entry(ssd: Path) -> Path:
     return next(p for p in (ssd / "models").glob("*/*/*") if (p / "index.json").is_file())
 
 
+def checked(result: dict[str, Any], tier: str) -> dict[str, Any]:
+    if result["tier"] != tier:
+        raise RuntimeError(f"expected a {tier} acquire, the agent served it from {result['tier']}")
+    return result
+
+
+def mount_huge_tmpfs(where: Path, nbytes: int) -> bool:
+    """A private tmpfs mounted ``huge=always`` for the DRAM pool (needs root)."""
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["umount", str(where)], capture_output=True, check=False)  # a leftover of an aborted run
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"huge=always,size={nbytes // MiB}m,mode=1777",
+                           "faas-llm-cache-bench", str(where)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"cannot mount a huge=always tmpfs at {where} (root needed): {proc.stderr.strip()}")
+    return True
+
+
 def start_agent(settings: Any, env: dict[str, str], log: Path) -> Proc:
     from faas_llm.cache_client import CacheClient
 
@@ -154,7 +172,10 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=REPO / "bench/out/models/bench")
     parser.add_argument("--ckpt-dir", type=Path, default=REPO / "bench/out/models/bench-ckpt")
     parser.add_argument("--work", type=Path, default=REPO / "bench/out/cache")
-    parser.add_argument("--repeat", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=5, help="alternating ssd-hit/loader pairs, dram hits")
+    parser.add_argument("--registry-repeat", type=int, default=1)
+    parser.add_argument("--pool", choices=["shm", "huge"], default="shm",
+                        help="DRAM pool on /dev/shm, or on a private tmpfs mounted huge=always (root)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -184,11 +205,17 @@ def main() -> None:
         t0 = time.perf_counter()
         registry.push(ckpt, MODEL)
         rows.append({"case": "push to registry (setup)", "ready_s": time.perf_counter() - t0})
+    loads = [os.getloadavg()[0]]
+    pool_dir, mounted = Path("/dev/shm"), False
+    if args.pool == "huge":
+        pool_dir = args.work / "huge-pool"
+        mounted = mount_huge_tmpfs(pool_dir, index.total_bytes + 256 * MiB)
+    pool_info: dict[str, Any] = {}
     redis = RedisServer().start()
     settings = Settings(
         redis_url=redis.url, data_dir=args.work / "data", node_id="bench", registry_url=registry.url,
         dram_capacity_bytes=index.total_bytes + 64 * MiB, ssd_capacity_bytes=4 * index.total_bytes,
-        lease_ttl_s=120, cache_socket=args.work / "agent.sock",
+        lease_ttl_s=120, cache_socket=args.work / "agent.sock", dram_pool_dir=pool_dir,
     )
     env = child_environ(settings)
     ssd = settings.ssd_path
@@ -201,20 +228,36 @@ def main() -> None:
         loader: list[dict[str, Any]] = []
         agent = start_agent(settings, env, args.work / "agent.log")
         client = CacheClient(settings, heartbeat=False)
+        status = client.status()
+        pool_info.update(page_bytes=status.dram_page_bytes, huge_share=status.dram_huge_share, dir=str(pool_dir))
+        print(f"DRAM pool in {pool_dir}: {status.dram_page_bytes} B pages ({status.dram_huge_share:.0%} huge)",
+              flush=True)
         client.evict(MODEL, "ssd")
-        for case, tiers, repeat in (("registry miss", ("dram", "ssd"), max(1, args.repeat - 2)),
-                                    ("ssd hit", ("dram",), args.repeat), ("dram hit", (), args.repeat)):
-            for _ in range(repeat):
-                for tier in tiers:
-                    client.evict(MODEL, tier)  # type: ignore[arg-type]
-                result = worker.call(op="acquire", model=MODEL)
-                if result["tier"] != case.split()[0]:
-                    raise RuntimeError(f"{case}: served from {result['tier']}")
-                samples[case].append(result)
-                if case == "ssd hit":  # the peer right after, under the same conditions (the VM is noisy)
-                    loader.append(worker.call(op="loader", path=str(ssd_entry(ssd))))
+        for _ in range(args.registry_repeat):
+            client.evict(MODEL, "dram")
+            client.evict(MODEL, "ssd")
+            samples["registry miss"].append(checked(worker.call(op="acquire", model=MODEL), "registry"))
+        path = str(ssd_entry(ssd))
+        first_loader = worker.call(op="loader", path=path)  # allocates the loader's region: not counted
+
+        def ssd_hit() -> None:
+            client.evict(MODEL, "dram")
+            dropped = drop_page_cache()
+            got = checked(worker.call(op="acquire", model=MODEL), "ssd")
+            samples["ssd hit"].append({**got, "cache_dropped": dropped, "load1": os.getloadavg()[0]})
+
+        def loader_cold() -> None:
+            dropped = drop_page_cache()
+            loader.append({**worker.call(op="loader", path=path), "cache_dropped": dropped,
+                           "load1": os.getloadavg()[0]})
+
+        for i in range(args.repeat):  # alternating, order flipped every pair (the VM is noisy and drifts)
+            for step in ((ssd_hit, loader_cold) if i % 2 == 0 else (loader_cold, ssd_hit)):
+                step()
+        for _ in range(args.repeat):
+            samples["dram hit"].append(checked(worker.call(op="acquire", model=MODEL), "dram"))
         populated = [worker.call(op="acquire", model=MODEL, populate=True) for _ in range(args.repeat)]
-        raw.update(samples, populated=populated, loader=loader)
+        raw.update(samples, populated=populated, loader=loader, first_loader=first_loader)
         for case, results in (*samples.items(), ("dram hit, mapped with MAP_POPULATE", populated)):
             rows.append({"case": case, "n": len(results), **{
                 k: median([r[k] for r in results])
@@ -223,12 +266,15 @@ def main() -> None:
         assert agent is not None
         agent.stop()
         agent = None
-        rows.append({"case": "peer: loader on the SSD copy (warm process)", "n": len(loader) - 1,
-                     "ready_s": median([r["ready_s"] for r in loader[1:]]),
-                     "read_s": median([r["read_s"] for r in loader[1:]]),
-                     "first_forward_s": median([r["first_forward_s"] for r in loader[1:]]),
+        ratios = [s["ready_s"] / lo["ready_s"] for s, lo in zip(samples["ssd hit"], loader, strict=True)]
+        rows.append({"case": "peer: loader cold on the SSD copy (warm process)", "n": len(loader),
+                     "ready_s": median([r["ready_s"] for r in loader]),
+                     "read_s": median([r["read_s"] for r in loader]),
+                     "first_forward_s": median([r["first_forward_s"] for r in loader]),
                      "direct_io": loader[0]["direct_io"]})
-        rows.append({"case": "peer: loader, first call (region allocated)", "n": 1, "ready_s": loader[0]["ready_s"]})
+        pair_ratio = median(ratios)
+        dropped_all = all(r["cache_dropped"] for r in [*samples["ssd hit"], *loader])
+        rows.append({"case": "peer: loader, first call (region allocated)", "n": 1, "ready_s": first_loader["ready_s"]})
         warm = [worker.call(op="from_pretrained", path=str(args.model_dir)) for _ in range(args.repeat)]
         rows.append({"case": "peer: from_pretrained, warm process", "n": len(warm) - 1,
                      "ready_s": median([r["ready_s"] for r in warm[1:]]),
@@ -238,6 +284,9 @@ def main() -> None:
         if agent is not None:
             agent.stop()
         redis.cleanup()
+        if mounted:
+            subprocess.run(["umount", str(pool_dir)], check=False)
+        loads.append(os.getloadavg()[0])
     fresh = []
     for _ in range(max(1, args.repeat - 1)):
         out = subprocess.run([sys.executable, "-c", FRESH.format(path=str(args.model_dir))], cwd=REPO,
@@ -249,15 +298,20 @@ def main() -> None:
     rows.append({"case": "peer: from_pretrained, fresh process (imports + call)", "n": len(fresh),
                  "ready_s": median([i + c for i, c in fresh])})
     by = {r["case"]: r for r in rows}
-    loader_s = by["peer: loader on the SSD copy (warm process)"]["ready_s"]
+    loader_s = by["peer: loader cold on the SSD copy (warm process)"]["ready_s"]
     warm_s = by["peer: from_pretrained, warm process"]["ready_s"]
     for row in rows:
         row["vs_loader"] = round(row["ready_s"] / loader_s, 3)
         row["vs_from_pretrained_warm"] = round(row["ready_s"] / warm_s, 3)
     print_table(rows, ["case", "n", "ready_s", "agent_s", "acquire_s", "map_s", "build_s", "first_forward_s", "read_s",
                        "direct_io", "vs_loader", "vs_from_pretrained_warm"],
-                title=f"cache agent, {MODEL} ({index.total_bytes / 1e9:.2f} GB region)")
-    write_json(args.json, rows, model_bytes=index.total_bytes, samples=raw)
+                title=f"cache agent, {MODEL} ({index.total_bytes / 1e9:.2f} GB region), DRAM pool {pool_info}, "
+                      f"1-min load {min(loads):.1f}-{max(loads):.1f}")
+    verdict = "met" if pair_ratio <= 1.1 else "NOT met"
+    print(f"ssd hit / loader cold, median of {len(ratios)} alternating pairs: {pair_ratio:.3f} "
+          f"(target <= 1.10: {verdict}; page cache dropped before each: {dropped_all})")
+    write_json(args.json, rows, model_bytes=index.total_bytes, samples=raw, pool=pool_info, load_averages=loads,
+               ssd_vs_loader_pairs=ratios, ssd_vs_loader_median=pair_ratio, page_cache_dropped=dropped_all)
     with contextlib.suppress(Exception):
         shutil.rmtree(args.work / "data" / "bench" / "meta", ignore_errors=True)
 

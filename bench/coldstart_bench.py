@@ -143,6 +143,56 @@ def evict(cluster: UpCluster, model: str, tiers: list[str]) -> None:
                     time.sleep(0.5)
 
 
+def resident_bytes(fd: int, size: int) -> int:
+    """Bytes of an open file in the page cache (``mincore`` on a mapping; reads nothing)."""
+    import ctypes
+    import mmap
+
+    import numpy as np
+
+    from faas_llm.checkpoint.sources import _mincore
+
+    if size == 0 or _mincore is None:
+        return 0
+    mapping = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+    try:
+        vec = np.zeros((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE, dtype=np.uint8)
+        address = np.frombuffer(mapping, dtype=np.uint8, count=1).ctypes.data
+        if _mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vec.ctypes.data_as(ctypes.c_void_p)) != 0:
+            return -1
+        return int((vec & 1).sum()) * mmap.PAGESIZE
+    finally:
+        mapping.close()
+
+
+def evict_files(roots: list[Path]) -> int:
+    """Take every file under ``roots`` (the checkpoint's copies: SSD tier, registry) out of the page
+    cache (``POSIX_FADV_DONTNEED`` after a sync) and return the bytes still resident afterwards
+    (``mincore``; 0 = the checkpoint is only on disk). Unlike ``drop_caches`` this leaves the page
+    cache of everything else alone: the runtime's own libraries stay as cached as on any node."""
+    os.sync()
+    left = 0
+    for root in roots:
+        for path in sorted(root.rglob("*")) if root.is_dir() else []:
+            if not path.is_file() or path.is_symlink():
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                left += max(0, resident_bytes(fd, os.fstat(fd).st_size))
+            finally:
+                os.close(fd)
+    return left
+
+
+def make_cold(mode: str, roots: list[Path]) -> str:
+    """Put the checkpoint out of memory: ``files`` (its files only) or ``all`` (drop_caches)."""
+    if mode == "all":
+        return "page cache dropped" if drop_page_cache() else "NOT dropped (no root)"
+    left = evict_files(roots)
+    return "checkpoint files evicted" if left == 0 else f"checkpoint files evicted, {left} B still resident"
+
+
 # --- peers (fresh processes) ----------------------------------------------------------------------
 
 NAIVE = textwrap.dedent("""
@@ -170,17 +220,18 @@ NAIVE = textwrap.dedent("""
 
 LOADER = textwrap.dedent("""
     import gc, json, sys, time
+    from pathlib import Path
     import torch
-    from bench.common import drop_page_cache
+    from bench.coldstart_bench import make_cold
     from faas_llm.checkpoint import load_model
     from faas_llm.settings import Settings
     model, stats = load_model(sys.argv[1], settings=Settings())  # warm-up: imports, code paths
     del model, stats
     gc.collect()
-    dropped = drop_page_cache()
+    cold = make_cold(sys.argv[2], [Path(sys.argv[1])])
     t0 = time.perf_counter()
     model, stats = load_model(sys.argv[1], settings=Settings())
-    print(json.dumps({"load_s": time.perf_counter() - t0, "dropped": dropped}))
+    print(json.dumps({"load_s": time.perf_counter() - t0, "cold": cold}))
 """)
 
 
@@ -204,10 +255,9 @@ def naive_row(hf_dir: Path, max_tokens: int, dropped: bool) -> Row:
     return row
 
 
-def loader_row(ckpt: Path) -> Row:
-    got = run_peer(LOADER, str(ckpt))
-    row = {"case": "peer: loader cold (page cache " + ("dropped)" if got["dropped"] else "NOT dropped: no root)"),
-           "load_s": got["load_s"]}
+def loader_row(ckpt: Path, evict: str) -> Row:
+    got = run_peer(LOADER, str(ckpt), evict)
+    row = {"case": f"peer: loader cold ({got['cold']})", "load_s": got["load_s"]}
     print(f"  {row}", flush=True)
     return row
 
@@ -339,13 +389,13 @@ def run_pool(pool: str, args: argparse.Namespace, tmp: Path, ckpt: Path, model_n
                 wait_no_container(cluster)
                 if evicted:
                     evict(cluster, model_name, evicted)
-                    if not drop_page_cache() and rep == 0:
-                        print("  note: could not drop the page cache (not root)", flush=True)
                 wait_prewarmed(cluster, args.prewarm)
+                cold = ""
                 if evicted:  # again, right before: nothing may have put it back meanwhile
                     evict(cluster, model_name, evicted)
-                print(f"[{label} {rep + 1}/{args.repeats}] {case}", flush=True)
-                rows.append(measure(cluster, f"{case} [{label}]", args.max_tokens, tier))
+                    cold = make_cold(args.evict, [cluster.data_dir, registry])
+                print(f"[{label} {rep + 1}/{args.repeats}] {case} {cold}", flush=True)
+                rows.append({**measure(cluster, f"{case} [{label}]", args.max_tokens, tier), "cold_how": cold})
                 rows.append(measure(cluster, f"warm [{label}]", args.max_tokens, "warm"))
     finally:
         cluster.stop()
@@ -365,6 +415,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pools", default="shm,huge",
                         help="DRAM pool kinds to run: shm (/dev/shm, 4 KiB pages), huge (tmpfs huge=always)")
     parser.add_argument("--peers", type=int, default=None, help="runs of each peer (default: --repeats)")
+    parser.add_argument("--evict", choices=["files", "all"], default="files",
+                        help="how the SSD/registry cases and the loader peer make the checkpoint cold: take its "
+                             "files out of the page cache (files), or drop the whole page cache (all: also the "
+                             "runtime's not-yet-mapped library pages, re-read on its first forward)")
     args = parser.parse_args(argv)
     model_name = f"cs-{args.model}"
     raw: list[Row] = []
@@ -380,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
             loads.append(os.getloadavg()[0])
         print("peers", flush=True)
         for _ in range(args.peers if args.peers is not None else args.repeats):
-            raw.append(loader_row(ckpt))
+            raw.append(loader_row(ckpt, args.evict))
             raw.append(naive_row(hf, args.max_tokens, dropped=False))
         raw.append(naive_row(hf, args.max_tokens, dropped=True))
         loads.append(os.getloadavg()[0])
