@@ -196,12 +196,17 @@ def load_from_cache_agent(name: str, settings: Settings) -> LoadedModel:
 
     started = time.perf_counter()
     client = CacheClient(settings)
+    tokenizers: dict[Path, Any] = {}
+
+    def tokenizer_early(meta_dir: Path) -> None:  # while the agent reads the weights (SSD / registry tier)
+        tokenizers[meta_dir] = load_tokenizer(meta_dir)
+
     try:
-        loaded = client.load_model(name, fallback=True)
+        loaded = client.load_model(name, fallback=True, on_meta=tokenizer_early)
         meta_dir = Path(loaded.lease.reply.meta_dir) if loaded.lease is not None else loaded.path
         if meta_dir is None:
             raise CacheAgentError(f"the cache agent gave no directory with the tokenizer of {name}")
-        tokenizer = load_tokenizer(meta_dir)
+        tokenizer = tokenizers.get(meta_dir) or load_tokenizer(meta_dir)
     except BaseException:
         client.close()
         raise

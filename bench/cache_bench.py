@@ -46,7 +46,7 @@ def worker_main() -> None:
     import torch
     import transformers  # prewarm: imported before any timing
 
-    from faas_llm.cache_client import CacheClient
+    from faas_llm.cache_client import CacheClient, EarlyBuild
     from faas_llm.checkpoint import build_model, load_model
     from faas_llm.settings import get_settings
 
@@ -59,13 +59,15 @@ def worker_main() -> None:
         out: dict[str, Any] = {}
         if cmd["op"] == "acquire":
             t0 = time.perf_counter()
-            lease = client.acquire(cmd["model"])
+            early = EarlyBuild(None)  # as CacheClient.load_model: the skeleton is built while the agent reads
+            lease = client.acquire(cmd["model"], on_meta=early.start)
             t1 = time.perf_counter()
             buffer = lease.buffer(populate=cmd.get("populate", False))
             t2 = time.perf_counter()
             from faas_llm.checkpoint import tensors_from_buffer
 
-            model = build_model(lease.reply.meta_dir, tensors_from_buffer(lease.index, buffer))
+            model = build_model(lease.reply.meta_dir, tensors_from_buffer(lease.index, buffer),
+                                skeleton=early.skeleton_for(lease.reply.meta_dir))
             t3 = time.perf_counter()
             model(ids)
             t4 = time.perf_counter()

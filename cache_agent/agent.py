@@ -16,6 +16,7 @@ so a crashed client does not pin memory forever.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import threading
@@ -43,6 +44,7 @@ from cache_agent.policy import (
 from cache_agent.pool import ALIGNMENT, DramPool
 from cache_agent.ssd import SsdEntry, SsdTier
 from faas_llm.cache_protocol import (
+    AcquireMeta,
     AcquireReply,
     AcquireRequest,
     EntryStatus,
@@ -137,7 +139,9 @@ class CacheAgent:
         self._on_change()
 
     # --- requests ---------------------------------------------------------------------------
-    def acquire(self, req: AcquireRequest) -> AcquireReply:
+    def acquire(self, req: AcquireRequest, on_meta: Callable[[AcquireMeta], None] | None = None) -> AcquireReply:
+        """Lease ``req.model`` in DRAM (loading it first if needed). ``on_meta`` is called once, before
+        the read, when this call runs the load and the meta files are in place (``req.early_meta``)."""
         started = time.perf_counter()
         manifest = self._resolve(req.model, req.version)
         key = manifest.key
@@ -160,7 +164,7 @@ class CacheAgent:
                         load_s=time.perf_counter() - started,
                     )
                     break
-            tier = self._single_flight(self._dram_flights, manifest, lambda: self._load_dram(manifest))
+            tier = self._single_flight(self._dram_flights, manifest, lambda: self._load_dram(manifest, on_meta))
         else:
             raise NoCapacityError(f"{key} keeps being evicted before it can be leased: the DRAM tier is thrashing")
         self._changed()
@@ -380,7 +384,7 @@ class CacheAgent:
         self.metrics.evictions.labels("dram").inc()
         log.info("dram tier: evicted %s", key)
 
-    def _load_dram(self, manifest: ModelVersion) -> LoadTier:
+    def _load_dram(self, manifest: ModelVersion, on_meta: Callable[[AcquireMeta], None] | None = None) -> LoadTier:
         """Make ``manifest`` resident in DRAM (through SSD); returns the tier it came from."""
         key = manifest.key
         self.metrics.misses.labels("dram").inc()
@@ -401,12 +405,17 @@ class CacheAgent:
                                 self.free = release(self.free, *reserved)
                             reserved = None
                         reserved = self._reserve_dram(key, nbytes)
+                    meta_dir = self._write_meta(manifest, ssd_entry.path, index)
+                    if on_meta is not None:  # the client builds the skeleton while we read
+                        with contextlib.suppress(Exception):
+                            on_meta(AcquireMeta(model=manifest.name, version=manifest.version,
+                                                meta_dir=str(meta_dir)))
+                        on_meta = None
                     read_started = time.perf_counter()
                     stats = read_into(ssd_entry.path, index, self.pool.region(reserved[0], nbytes), verify=True,
                                       chunk_bytes=self.settings.loader_chunk_bytes,
                                       threads=self.settings.loader_threads, direct_io=self.settings.loader_direct_io)
                     read_s = time.perf_counter() - read_started
-                    meta_dir = self._write_meta(manifest, ssd_entry.path, index)
                     break
                 except CheckpointError as exc:
                     log.warning("ssd tier: %s is corrupt (%s); deleting it and fetching it again", key, exc)

@@ -8,6 +8,7 @@ import logging
 import os
 import socketserver
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,11 @@ log = logging.getLogger(__name__)
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 
 
-def dispatch(agent: CacheAgent, request: Any) -> BaseModel:
-    """One typed request -> its reply (errors raised, turned into ErrorReply by the caller)."""
+def dispatch(agent: CacheAgent, request: Any, send: Callable[[BaseModel], Any] | None = None) -> BaseModel:
+    """One typed request -> its reply (errors raised, turned into ErrorReply by the caller). ``send``
+    writes an intermediate line (an acquire's AcquireMeta, when it asked for ``early_meta``)."""
     if isinstance(request, AcquireRequest):
-        return agent.acquire(request)
+        return agent.acquire(request, send if request.early_meta else None)
     if isinstance(request, ReleaseRequest):
         agent.release(request.lease_id)
         return OkReply()
@@ -55,14 +57,14 @@ def dispatch(agent: CacheAgent, request: Any) -> BaseModel:
     raise RequestError(f"unknown request {type(request).__name__}")
 
 
-def handle_line(agent: CacheAgent, line: bytes) -> BaseModel:
+def handle_line(agent: CacheAgent, line: bytes, send: Callable[[BaseModel], Any] | None = None) -> BaseModel:
     try:
         request = REQUEST_ADAPTER.validate_json(line)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors())
         return ErrorReply(error=f"invalid request: {problems}", kind="RequestError")
     try:
-        return dispatch(agent, request)
+        return dispatch(agent, request, send)
     except Exception as exc:
         if not isinstance(exc, RequestError):
             log.warning("request %s failed: %s", type(request).__name__, exc, exc_info=not hasattr(exc, "message"))
@@ -86,7 +88,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 return
             if not line.strip():
                 continue
-            if not self._send(handle_line(self.server.agent, line)):
+            if not self._send(handle_line(self.server.agent, line, self._send)):
                 return
 
     def _send(self, reply: BaseModel) -> bool:

@@ -30,6 +30,7 @@ import socket
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +38,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from faas_llm.cache_protocol import (
+    AcquireMeta,
     AcquireReply,
     AcquireRequest,
     ErrorReply,
@@ -116,11 +118,12 @@ class CacheLease:
 
         return tensors_from_buffer(self.index, self.buffer(populate=populate))
 
-    def model(self, *, populate: bool = False) -> Any:
-        """A ready ``nn.Module`` whose weights are views into the shared segment."""
+    def model(self, *, populate: bool = False, skeleton: Any = None) -> Any:
+        """A ready ``nn.Module`` whose weights are views into the shared segment (``skeleton``: one
+        :func:`~faas_llm.checkpoint.build_skeleton` built already from this lease's ``meta_dir``)."""
         from faas_llm.checkpoint import build_model
 
-        return build_model(self.reply.meta_dir, self.tensors(populate=populate))
+        return build_model(self.reply.meta_dir, self.tensors(populate=populate), skeleton=skeleton)
 
     def release(self) -> None:
         """Give the lease back (the mapping stays valid until unused; do not use it after this)."""
@@ -160,7 +163,8 @@ class CacheClient:
         weakref.finalize(self, _set_first, self._stop_box)
 
     # --- transport ---------------------------------------------------------------------------
-    def _call(self, request: BaseModel, reply_type: type[Any], timeout_s: float | None = None) -> Any:
+    def _call(self, request: BaseModel, reply_type: type[Any], timeout_s: float | None = None,
+              on_meta: Callable[[AcquireMeta], None] | None = None) -> Any:
         line = request.model_dump_json().encode() + b"\n"
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -169,6 +173,11 @@ class CacheClient:
                 sock.sendall(line)
                 with sock.makefile("rb") as reader:
                     raw = reader.readline()
+                    if on_meta is not None and raw.startswith(b'{"stage":"meta"'):
+                        try:
+                            on_meta(AcquireMeta.model_validate_json(raw))
+                        finally:
+                            raw = reader.readline()
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise CacheAgentError(f"no cache agent listening on {self.socket_path} ({exc.strerror})") from None
         except OSError as exc:
@@ -195,12 +204,15 @@ class CacheClient:
         return True
 
     # --- requests ----------------------------------------------------------------------------
-    def acquire(self, model: str, version: int | None = None, *, ttl_s: float | None = None) -> CacheLease:
+    def acquire(self, model: str, version: int | None = None, *, ttl_s: float | None = None,
+                on_meta: Callable[[AcquireMeta], None] | None = None) -> CacheLease:
+        """Lease ``model``; when the agent has to load it first, ``on_meta`` is called (on this thread)
+        as soon as its config and tokenizer files are in place, before the weights are read."""
         try:
-            request = AcquireRequest(model=model, version=version, ttl_s=ttl_s)
+            request = AcquireRequest(model=model, version=version, ttl_s=ttl_s, early_meta=on_meta is not None)
         except ValidationError as exc:
             raise RequestError(f"invalid acquire of {model!r}: {exc.errors()[0]['msg']}") from None
-        lease = CacheLease(self._call(request, AcquireReply), self)
+        lease = CacheLease(self._call(request, AcquireReply, on_meta=on_meta), self)
         with self._lock:
             self._leases[lease.lease_id] = lease
         self._ensure_heartbeat()
@@ -258,18 +270,28 @@ class CacheClient:
         return reply.text
 
     # --- models ------------------------------------------------------------------------------
-    def load_model(self, model: str, version: int | None = None, *, fallback: bool = True) -> LoadedModel:
+    def load_model(self, model: str, version: int | None = None, *, fallback: bool = True,
+                   on_meta: Callable[[Path], None] | None = None) -> LoadedModel:
         """Acquire ``model`` and build it from the shared segment; if the agent is down and
-        ``fallback``, load the newest local SSD copy with the loader (CacheAgentError if none)."""
+        ``fallback``, load the newest local SSD copy with the loader (CacheAgentError if none).
+
+        When the agent has to load the checkpoint (SSD or registry), the skeleton is built while
+        it reads (as the checkpoint loader does), and ``on_meta(meta_dir)`` runs on that thread
+        too (e.g. to load the tokenizer); on a DRAM hit both happen after the (immediate) reply."""
         started = time.perf_counter()
+        early = EarlyBuild(on_meta)
         try:
-            lease = self.acquire(model, version)
+            lease = self.acquire(model, version, on_meta=early.start)
         except CacheAgentError as exc:
+            early.join()
             if not fallback:
                 raise
             return self._load_local(model, version, started, exc)
         try:
-            built = lease.model()
+            skeleton = early.skeleton_for(lease.reply.meta_dir)
+            if skeleton is None and on_meta is not None:
+                on_meta(Path(lease.reply.meta_dir))
+            built = lease.model(skeleton=skeleton)
         except BaseException:
             with contextlib.suppress(CacheAgentError):
                 lease.release()
@@ -338,6 +360,46 @@ class CacheClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class EarlyBuild:
+    """Builds the skeleton (and runs ``on_meta``) on a thread while the agent reads the weights."""
+
+    def __init__(self, on_meta: Callable[[Path], None] | None) -> None:
+        self.on_meta = on_meta
+        self.meta_dir: str | None = None
+        self.skeleton: Any = None
+        self.failed: BaseException | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self, meta: AcquireMeta) -> None:
+        self.meta_dir = meta.meta_dir
+        self.thread = threading.Thread(target=self._run, name="cache-early-build", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from faas_llm.checkpoint import build_skeleton
+
+        assert self.meta_dir is not None
+        try:
+            self.skeleton = build_skeleton(self.meta_dir)
+            if self.on_meta is not None:
+                self.on_meta(Path(self.meta_dir))
+        except BaseException as exc:  # built again (and failing loudly there) after the reply
+            self.failed = exc
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+
+    def skeleton_for(self, meta_dir: str) -> Any:
+        """The skeleton built early, if it was built from ``meta_dir`` without a problem; else None."""
+        self.join()
+        if self.thread is None or self.failed is not None or self.meta_dir != meta_dir:
+            if self.failed is not None:
+                log.info("early skeleton build failed (%s): building it after the reply", self.failed)
+            return None
+        return self.skeleton
 
 
 def _set_first(box: list[threading.Event]) -> None:

@@ -41,6 +41,8 @@ class AcquireRequest(_Msg):
     version: int | None = Field(None, ge=1, description="default: the registry's latest")
     pid: int = Field(default_factory=os.getpid)
     ttl_s: float | None = Field(None, gt=0, le=3600, description="lease TTL (default: the agent's)")
+    early_meta: bool = Field(False, description="when the agent has to load the checkpoint, send an AcquireMeta "
+                                                "line before the read, then the AcquireReply")
 
 
 class ReleaseRequest(_Msg):
@@ -100,6 +102,17 @@ class AcquireReply(_Msg):
     meta_dir: str = Field(description="directory with config.json and tokenizer files")
     ttl_s: float
     load_s: float = Field(0.0, description="seconds the agent spent making the checkpoint resident")
+
+
+class AcquireMeta(_Msg):
+    """Sent before a load's read when the acquire asked for ``early_meta``: the config and tokenizer
+    files are in ``meta_dir`` already, so the client can build the model's skeleton (and load its
+    tokenizer) while the agent reads the weights. The AcquireReply follows on the same connection."""
+
+    stage: Literal["meta"] = "meta"
+    model: str
+    version: int
+    meta_dir: str
 
 
 class OkReply(_Msg):

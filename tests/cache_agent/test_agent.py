@@ -307,3 +307,28 @@ def test_heartbeat_thread_lives_only_while_a_lease_is_held(agent: AgentProcess, 
     del loaded  # the model, its lease and its client dropped unclosed: the thread ends (the agent expires the lease)
     gc.collect()
     wait_for(lambda: not heartbeats(), 5)
+
+
+def test_early_meta_lets_the_client_build_while_the_agent_reads(
+    agent: AgentProcess, registry: FileRegistry, tiny_ckpt: Path
+) -> None:
+    registry.push(tiny_ckpt, "org/tiny")
+    client = CacheClient(agent.settings, heartbeat=False)
+    seen: list[Path] = []
+    loaded = client.load_model("org/tiny", on_meta=seen.append)  # a registry miss: meta before the read
+    assert loaded.lease is not None and loaded.tier is LoadTier.REGISTRY
+    assert seen == [Path(loaded.lease.reply.meta_dir)] and (seen[0] / "config.json").is_file()
+    _, ref_logits = _reference(tiny_ckpt)
+    with torch.inference_mode():
+        logits = loaded.model(torch.tensor([[1, 5, 9, 2]])).logits[0, -1, :8].tolist()
+    assert logits == pytest.approx(ref_logits)  # the early skeleton got the agent's tensors
+    loaded.close()
+    metas: list[object] = []
+    lease = client.acquire("org/tiny", on_meta=metas.append)  # a DRAM hit: no meta line, just the reply
+    assert lease.tier is LoadTier.DRAM and metas == []
+    lease.release()
+    client.evict("org/tiny", "dram")
+    lease = client.acquire("org/tiny", on_meta=metas.append)  # an SSD hit: one meta line, then the reply
+    assert lease.tier is LoadTier.SSD and len(metas) == 1
+    lease.release()
+    client.close()
