@@ -62,7 +62,7 @@ def worker_main() -> None:
             early = EarlyBuild(None)  # as CacheClient.load_model: the skeleton is built while the agent reads
             lease = client.acquire(cmd["model"], on_meta=early.start)
             t1 = time.perf_counter()
-            buffer = lease.buffer(populate=cmd.get("populate", False))
+            buffer = lease.buffer(populate=cmd.get("populate"))  # default: the client's (populate on huge pages)
             t2 = time.perf_counter()
             from faas_llm.checkpoint import tensors_from_buffer
 

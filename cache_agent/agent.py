@@ -161,7 +161,7 @@ class CacheAgent:
                         lease_id=lease.id, model=manifest.name, version=manifest.version, tier=tier,
                         segment=str(self.pool.path), offset=entry.offset, nbytes=entry.nbytes,
                         index=entry.index_text, meta_dir=str(entry.meta_dir), ttl_s=ttl,
-                        load_s=time.perf_counter() - started,
+                        load_s=time.perf_counter() - started, page_bytes=self.pool.page_bytes,
                     )
                     break
             tier = self._single_flight(self._dram_flights, manifest, lambda: self._load_dram(manifest, on_meta))

@@ -102,6 +102,7 @@ class AcquireReply(_Msg):
     meta_dir: str = Field(description="directory with config.json and tokenizer files")
     ttl_s: float
     load_s: float = Field(0.0, description="seconds the agent spent making the checkpoint resident")
+    page_bytes: int = Field(0, description="page size of the DRAM pool (2 MiB: the client pre-faults its mapping)")
 
 
 class AcquireMeta(_Msg):
