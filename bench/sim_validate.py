@@ -51,6 +51,7 @@ from bench.sim.report import percentile
 from bench.sim.trace import TRACE_DIR, load_named
 from bench.sim.workload import Request, Workload, zipf_weights
 from bench.up_cluster import UpCluster, bench_env, containers, wait_until
+from cache_agent.pool import ALIGNMENT
 from faas_llm.placement import make_policy
 from faas_llm.types import ActivationRecord, LoadTier
 
@@ -179,14 +180,29 @@ def replay(cluster: UpCluster, seq: Sequence[tuple[float, int, int]]) -> list[di
 # --- the simulator with this machine's parameters ---------------------------------------------------------------
 
 
+def dram_bytes(args: argparse.Namespace, nbytes: int) -> int:
+    """The DRAM pool's size: ``--dram-models`` extents of the checkpoint (each rounded up to 2 MiB)."""
+    return int(args.dram_models) * extent(nbytes)
+
+
+def extent(nbytes: int) -> int:
+    return -(-nbytes // ALIGNMENT) * ALIGNMENT
+
+
+def dram_checkpoints(args: argparse.Namespace, nbytes: int) -> int:
+    return dram_bytes(args, nbytes) // extent(nbytes)
+
+
 def simulate(seq: Sequence[tuple[float, int, int]], models: int, nbytes: int, calib: dict[str, Any],
              args: argparse.Namespace) -> list[dict[str, Any]]:
     bw = calib["bw"]
+    # the DRAM pool holds whole 2 MiB-aligned extents: its capacity in checkpoints, as the cache agent counts
+    dram_fit = dram_checkpoints(args, nbytes)
     spec = ClusterSpec(
         nodes=1, gpus_per_node=args.slots, slots_per_node=args.slots, gpu_memory_gb=80.0,
-        dram_cache_gb=args.dram_models * nbytes / GB, ssd_cache_gb=args.ssd_models * nbytes / GB,
+        dram_cache_gb=dram_fit * nbytes / GB, ssd_cache_gb=args.ssd_models * nbytes / GB,
         bw_dram=bw["dram"], bw_ssd=bw["ssd"], bw_registry=bw["registry"], keep_alive_s=args.keep_alive,
-        ssd_replicas=0, start_overhead_s=calib["start_overhead_s"],
+        ssd_replicas=0, start_overhead_s=calib["start_overhead_s"], dram_lease_while_live=True,
     )
     specs = tuple(ModelSpec(f"v{m}", nbytes / (2 * GB)) for m in range(models))
     a, b = calib["run_a_s"], calib["run_b_s_per_token"]
@@ -230,7 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--offset", type=int, default=2000, help="first trace request used")
     parser.add_argument("--slots", type=int, default=3)
     parser.add_argument("--keep-alive", type=float, default=8.0)
-    parser.add_argument("--dram-models", type=float, default=2.5, help="DRAM pool capacity in checkpoints")
+    parser.add_argument("--dram-models", type=int, default=5,
+                        help="DRAM pool capacity in checkpoints (>= slots + 2: a live instance leases its checkpoint, "
+                             "and a container being removed holds its lease until its runtime has exited)")
     parser.add_argument("--ssd-models", type=float, default=4.5, help="SSD tier capacity in checkpoints")
     parser.add_argument("--token-div", type=int, default=8, help="max_tokens = trace output tokens / this")
     parser.add_argument("--max-tokens", type=int, default=48)
@@ -252,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         registry.mkdir()
         settings: dict[str, Any] = {
             "prewarm_count": 0, "max_containers": args.slots, "keep_alive_s": args.keep_alive,
-            "dram_capacity_bytes": int(args.dram_models * nbytes), "ssd_capacity_bytes": int(args.ssd_models * nbytes),
+            "dram_capacity_bytes": dram_bytes(args, nbytes), "ssd_capacity_bytes": int(args.ssd_models * nbytes),
             "invocations_per_minute": 10**6, "concurrent_invocations": 10**4, "registry_url": f"file://{registry}",
             "prefetch_max_replicas": 0, "placement_policy": "locality",
         }

@@ -48,6 +48,8 @@ class Instance:
     #: a migration destination: the source instance it takes over, and its resume seconds
     takes_over: int | None = None
     resume_s: float = 0.0
+    #: holds a lease on its checkpoint in the node's DRAM tier (``ClusterSpec.dram_lease_while_live``)
+    leased: bool = False
 
     @property
     def occupies(self) -> bool:

@@ -52,6 +52,9 @@ class ClusterSpec:
     #: seconds a new instance spends outside the checkpoint load (runtime boot, init, the scheduler's reaction):
     #: 0 in the comparison (the same for every policy); measured in bench/sim_validate.py
     start_overhead_s: float = 0.0
+    #: a live instance holds a lease on its checkpoint in the DRAM tier (faas-llm's runtime maps the DRAM pool:
+    #: the cache agent never evicts a leased checkpoint); off in the comparison (GPU instances copy the weights)
+    dram_lease_while_live: bool = False
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.slots_per_node < 1 or self.gpus_per_node < 1:

@@ -356,6 +356,9 @@ class Simulator:
     def _load_done(self, inst: Instance) -> None:
         node = self.nodes[inst.node]
         self._fill_caches(node, inst.model, inst.tier)
+        if self.cluster.dram_lease_while_live and self.names[inst.model] in node.dram:
+            node.dram.pin(self.names[inst.model])
+            inst.leased = True
         if inst.state is InstState.MIGRATING_IN:
             if inst.takes_over is not None:
                 self._push(self.now + inst.resume_s, MOVE_DONE, inst)
@@ -432,6 +435,10 @@ class Simulator:
         self.idle[inst.model].pop(inst.id, None)
         self.busy[inst.model].pop(inst.id, None)
         inst.state = InstState.REMOVED
+        if inst.leased:  # the lease's release counts as a use (the cache agent's last_used)
+            node.dram.unpin(self.names[inst.model])
+            node.dram.touch(self.names[inst.model])
+            inst.leased = False
         del node.instances[inst.id]
         del self.instances[inst.id]
 
