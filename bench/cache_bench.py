@@ -96,6 +96,58 @@ def worker_main() -> None:
         print(json.dumps(out), flush=True)
 
 
+def read_paths(ckpt: Path, work: Path, rounds: int) -> None:
+    """Same process, alternating, page cache dropped before each: ``read_into`` (checksums on) of the
+    checkpoint into a private THP region (the loader's destination), a DRAM pool on /dev/shm and one on
+    a huge=always tmpfs, with wall time, this process's CPU and the disk's request count and size."""
+    import resource
+    import statistics
+
+    from cache_agent.pool import DramPool
+    from faas_llm.checkpoint import read_index, read_into
+    from faas_llm.checkpoint.region import Region
+
+    def vda() -> tuple[int, int]:
+        for line in Path("/proc/diskstats").read_text().splitlines():
+            f = line.split()
+            if f[2] in ("vda", "sda", "nvme0n1"):
+                return int(f[3]), int(f[5])
+        return 0, 0
+
+    index = read_index(ckpt)
+    n = index.total_bytes
+    huge_dir = work / "huge-pool"
+    mount_huge_tmpfs(huge_dir, n + 256 * MiB)
+    region = Region.allocate(n)
+    pools = [DramPool(Path("/dev/shm"), "readpaths", n + 64 * MiB), DramPool(huge_dir, "readpaths2", n + 64 * MiB)]
+    dests = {"private region (THP)": region.buffer, f"/dev/shm pool ({pools[0].page_bytes} B pages)":
+             pools[0].region(0, n), f"huge=always tmpfs pool ({pools[1].page_bytes} B pages)": pools[1].region(0, n)}
+    got: dict[str, list[tuple[float, float, float, int, float]]] = {k: [] for k in dests}
+    try:
+        for i in range(rounds):
+            for name, dest in dests.items():
+                if not drop_page_cache():
+                    sys.exit("--read-paths needs root (drop_caches)")
+                before, ru = vda(), resource.getrusage(resource.RUSAGE_SELF)
+                t0 = time.perf_counter()
+                read_into(ckpt, index, dest, verify=True)
+                wall = time.perf_counter() - t0
+                after, ru2 = vda(), resource.getrusage(resource.RUSAGE_SELF)
+                reqs = after[0] - before[0]
+                got[name].append((wall, ru2.ru_utime - ru.ru_utime, ru2.ru_stime - ru.ru_stime, reqs,
+                                  (after[1] - before[1]) / 2 / max(1, reqs)))
+                print(f"{i} {name}: {wall:.3f} s, load {os.getloadavg()[0]:.1f}", flush=True)
+    finally:
+        for pool in pools:
+            pool.close()
+        subprocess.run(["umount", str(huge_dir)], check=False)
+    rows = [{"case": name, "n": len(v), "wall_s": statistics.median(x[0] for x in v),
+             "user_s": statistics.median(x[1] for x in v), "sys_s": statistics.median(x[2] for x in v),
+             "disk_requests": statistics.median(x[3] for x in v), "avg_request_kib": statistics.median(x[4] for x in v)}
+            for name, v in got.items()]
+    print_table(rows, title=f"read_into {n / 1e9:.2f} GB by destination (medians of {rounds})")
+
+
 FRESH = """
 import time; t0 = time.perf_counter()
 import torch, transformers
@@ -179,9 +231,14 @@ def main() -> None:
     parser.add_argument("--pool", choices=["shm", "huge"], default="shm",
                         help="DRAM pool on /dev/shm, or on a private tmpfs mounted huge=always (root)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--read-paths", type=int, metavar="ROUNDS", default=0,
+                        help="only compare the agent's read by destination page size (root), ROUNDS alternations")
     args = parser.parse_args()
     if args.worker:
         worker_main()
+        return
+    if args.read_paths:
+        read_paths(args.ckpt_dir, args.work, args.read_paths)
         return
 
     from faas_llm.cache_client import CacheClient
