@@ -12,14 +12,16 @@ runs follows OpenWhisk's order: a warm container of the same action and namespac
 with free capacity (``limits.concurrency`` runs at once), else one of that action
 that is still starting, else a prewarmed runtime, else a new container if the node
 has a free slot and the memory, else evict least-recently-used idle containers
-(other actions) to make room, else no capacity.
+(other actions) to make room, else no capacity. An idle container that keeps its action at
+``min_instances`` on the node is never a victim (``min_instances`` maps (namespace, action) to it):
+evicting it would only make the scheduler start it again, evicting something else.
 
 Everything here is data in, decision out; the invoker (``invoker/pool.py``) applies it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -125,6 +127,7 @@ def choose(
     capacity: PoolCapacity,
     *,
     concurrency: int = 1,
+    min_instances: Mapping[tuple[str, str], int] | None = None,
 ) -> PoolChoice:
     """Where the next instance of ``namespace/action`` comes from (see the module docstring)."""
     live = [c for c in containers if c.live]
@@ -143,19 +146,33 @@ def choose(
             return PoolChoice(Outcome.PREWARMED, prewarmed.id)
     if has_room(live, memory_mb, capacity):
         return PoolChoice(Outcome.COLD)
-    victims = lru_victims(live, memory_mb, capacity)
+    victims = lru_victims(live, memory_mb, capacity, min_instances)
     if victims:
         return PoolChoice(Outcome.EVICT, evict=victims)
     return PoolChoice(Outcome.NO_CAPACITY)
 
 
-def lru_victims(containers: Sequence[ContainerView], memory_mb: int, capacity: PoolCapacity) -> tuple[str, ...]:
-    """The fewest least-recently-used idle containers whose removal makes room (``()`` if none does)."""
+def lru_victims(containers: Sequence[ContainerView], memory_mb: int, capacity: PoolCapacity,
+                min_instances: Mapping[tuple[str, str], int] | None = None) -> tuple[str, ...]:
+    """The fewest least-recently-used idle containers whose removal makes room (``()`` if none does).
+
+    A container is never chosen when removing it would leave its action with fewer live containers
+    (in ``containers``) than its ``min_instances`` (missing: 0)."""
+    minimum = min_instances or {}
     live = [c for c in containers if c.live]
     idle = sorted((c for c in live if c.state is S.IDLE), key=lambda c: (c.last_used, c.id))
+    count: dict[tuple[str, str], int] = {}
+    for c in live:
+        if c.namespace is not None and c.action is not None:
+            count[(c.namespace, c.action)] = count.get((c.namespace, c.action), 0) + 1
     chosen: list[ContainerView] = []
     remaining = list(live)
     for victim in idle:
+        if victim.namespace is not None and victim.action is not None:
+            key = (victim.namespace, victim.action)
+            if count[key] <= minimum.get(key, 0):
+                continue  # it keeps its action at min_instances
+            count[key] -= 1
         chosen.append(victim)
         remaining = [c for c in remaining if c.id != victim.id]
         if has_room(remaining, memory_mb, capacity):

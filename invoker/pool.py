@@ -101,7 +101,7 @@ class ContainerPool:
                 return Outcome.NO_CAPACITY
             views = [c.view() for c in self.containers.values()]
             choice = choose(views, action.namespace, action.name, action.limits.memory, self.capacity,
-                            concurrency=action.limits.concurrency)
+                            concurrency=action.limits.concurrency, min_instances=self._min_instances(action))
             if choice.outcome is Outcome.PREWARMED:
                 assert choice.container is not None
                 container = self.containers[choice.container]
@@ -115,6 +115,14 @@ class ContainerPool:
                 self.executor.submit(self._start_and_init, container, action)
         log.info("place %s/%s on %s: %s", action.namespace, action.name, self.settings.node_id, choice.outcome.value)
         return choice.outcome
+
+    def _min_instances(self, placing: Action) -> dict[tuple[str, str], int]:
+        """``min_instances`` per action with a container here (as bound; ``placing`` as given now): the pool
+        never evicts a container that keeps its action at its minimum."""
+        out = {(c.action.namespace, c.action.name): c.action.scaling.min_instances
+               for c in self.containers.values() if c.action is not None}
+        out[(placing.namespace, placing.name)] = placing.scaling.min_instances
+        return out
 
     def _new_id(self) -> str:
         return f"{self.settings.node_id}-{secrets.token_hex(4)}"

@@ -7,11 +7,10 @@ then ``c`` needs a slot. The pool evicts the least-recently-used idle container,
 (the scheduler then starts it again, evicting someone else: churn and a cold start the minimum
 exists to avoid); ``b``'s idle container is the one that may go.
 
-Known failing (issue 12 finding), marked ``xfail(strict=True)`` so the suite stays green until the
-fix lands; remove the marker with the fix (a pass then fails the strict xfail).
-``faas_llm.pool_policy.lru_victims`` / ``choose`` consider every idle container, and
-``invoker/pool.py`` passes them no notion of the minimum. Seen: pinned's container evicted for c,
-then the scheduler restarted pinned, evicting b.
+Issue 12 finding (was ``xfail(strict=True)``; seen: pinned's container evicted for c, then the
+scheduler restarted pinned, evicting b). Fixed: ``faas_llm.pool_policy.lru_victims`` / ``choose`` take
+``min_instances`` per action and never pick a container that keeps its action at its minimum;
+``invoker/pool.py`` passes each bound action's minimum.
 """
 
 from __future__ import annotations
@@ -65,7 +64,6 @@ def idle_ids(c: Cluster, action: str) -> set[str]:
     return {info.id for _node, info in c.containers_of(action) if info.state.value == "idle"}
 
 
-@pytest.mark.xfail(strict=True, reason="LRU eviction ignores min_instances (pool_policy.lru_victims); fix pending")
 def test_a_min_instances_container_is_not_evicted_for_another_action(node: Cluster) -> None:
     put(node, "pinned", min_instances=1)
     pinned = wait_for("pinned's min_instances container", lambda: idle_ids(node, "pinned"), timeout_s=120)

@@ -91,6 +91,25 @@ def test_evicts_lru_idle_containers_of_other_actions_when_full() -> None:
     assert choose(busy, "guest", "chat", 1000, CAP) == PoolChoice(Outcome.NO_CAPACITY)
 
 
+def test_eviction_never_takes_a_container_that_keeps_its_action_at_min_instances() -> None:
+    # "pinned" (min 1) is the least recently used but its only container: "b" goes instead
+    pool = [c("pin", S.IDLE, "pinned", used=1.0), c("b1", S.IDLE, "b", used=5.0), c("x", S.BUSY, "x", active=1)]
+    mins = {("guest", "pinned"): 1}
+    assert lru_victims(pool, 1000, CAP) == ("pin",)
+    assert lru_victims(pool, 1000, CAP, mins) == ("b1",)
+    assert choose(pool, "guest", "chat", 1000, CAP, min_instances=mins) == PoolChoice(Outcome.EVICT, evict=("b1",))
+    # two containers of a min-1 action: one of them may go (the older), never both
+    two = [c("p1", S.IDLE, "pinned", used=1.0), c("p2", S.IDLE, "pinned", used=2.0), c("x", S.BUSY, "x", active=1)]
+    assert lru_victims(two, 1000, CAP, mins) == ("p1",)
+    assert lru_victims(two, 2000, CAP, mins) == ()
+    # a busy container of the action counts toward its minimum: the idle one may go
+    mixed = [c("p1", S.IDLE, "pinned", used=1.0), c("p2", S.BUSY, "pinned", active=1), c("x", S.BUSY, "x", active=1)]
+    assert lru_victims(mixed, 1000, CAP, mins) == ("p1",)
+    # only protected containers idle: no capacity rather than churn
+    only = [c("pin", S.IDLE, "pinned"), c("x", S.BUSY, "x", active=1), c("y", S.BUSY, "y", active=1)]
+    assert choose(only, "guest", "chat", 1000, CAP, min_instances=mins) == PoolChoice(Outcome.NO_CAPACITY)
+
+
 def test_removing_containers_hold_no_capacity() -> None:
     pool = [c(str(i), S.REMOVING, "x") for i in range(3)]
     assert has_room(pool, 3000, CAP)
