@@ -23,6 +23,7 @@ from action_runtime.handler import Handler, call_handler, compile_handler
 from action_runtime.loading import LoadedModel, ModelSource, ModelSpec, load_model
 from action_runtime.protocol import ExportRequest, InitRequest, InitValue, PrefillRequest, RunRequest
 from action_runtime.responses import encode_result, error_body, run_error_status
+from action_runtime.threads import intra_op_threads, parameter_count
 from faas_llm.errors import (
     ConflictError,
     DeveloperError,
@@ -147,6 +148,7 @@ class RuntimeService:
             export_env(value.env)
         loaded: LoadedModel = load_model(spec, self.settings, self.sources)
         try:
+            self._set_torch_threads(loaded.model)
             engine = Engine(loaded)
             handler = None
             if value.code and value.code.strip():
@@ -160,6 +162,16 @@ class RuntimeService:
         log.info("initialised %s from %s (%s) in %.2f s", loaded.name, loaded.tier.value, loaded.source,
                  self._info.init_s)
         return self._info
+
+    def _set_torch_threads(self, model: Any) -> None:
+        """Set torch's intra-op threads for this model (the runtime serves only it); see
+        :mod:`action_runtime.threads`."""
+        threads = intra_op_threads(self.settings.runtime_torch_threads, parameter_count(model),
+                                   self.settings.runtime_single_thread_below_params)
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
 
     def engine(self) -> Engine:
         if self._engine is None or not self.ready:

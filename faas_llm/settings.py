@@ -80,7 +80,14 @@ class Settings(BaseModel):
     )
     runtime_threads: int = Field(8, ge=1, le=256, description="gunicorn threads of an action runtime.")
     runtime_drain_s: float = Field(30.0, ge=0, description="Grace period to drain in-flight runs on SIGTERM.")
-    runtime_torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default).")
+    runtime_torch_threads: int = Field(
+        0, ge=0, description="torch intra-op threads (0: chosen by the model's size, see "
+        "runtime_single_thread_below_params).",
+    )
+    runtime_single_thread_below_params: int = Field(
+        50_000_000, ge=0, description="With runtime_torch_threads 0, a model with fewer parameters runs on one "
+        "torch intra-op thread (larger ones keep torch's default); 0: always torch's default.",
+    )
     runtime_model: str = Field(
         "", description="Model a runtime loads at start with no /init (Knative): a registry name or a checkpoint "
         "directory (starting with /, . or ~); empty: wait for /init.",
