@@ -1,7 +1,7 @@
 """Warm-path overhead and throughput of the whole system under a real ``faas-llm up`` (issue 11).
 
     .venv/bin/python -m bench.overhead_bench [--n 300] [--rates 25,50,100,150,200,250] [--duration 8]
-        [--baseline-repo DIR] [--rounds 1] [--json bench/out/overhead.json]
+        [--baseline-repo DIR] [--peer LABEL=DIR ...] [--rounds 1] [--json bench/out/overhead.json]
 
 A load generator (threads, one keep-alive HTTP connection each, loopback only, a bounded number
 of requests and seconds) against the gateway of a one-node cluster, with the tiny demo model and
@@ -295,6 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runtime-torch-threads", type=int, default=0,
                         help="the runtimes' torch intra-op threads (0: torch's default, one per core)")
     parser.add_argument("--baseline-repo", type=Path, default=None, help="a checkout of the code before a change")
+    parser.add_argument("--peer", action="append", default=[], metavar="LABEL=DIR",
+                        help="another checkout to run beside baseline and current (repeatable), e.g. this "
+                        "commit with a sitecustomize.py at its root that hides an optional package")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--model-dir", type=Path, default=None, help="the tiny model (default: built here)")
     args = parser.parse_args(argv)
@@ -308,6 +311,9 @@ def main(argv: list[str] | None = None) -> None:
 
             model_dir = make_demo_model(tmp / "tiny", size="tiny")
         configs = [("current", REPO)]
+        for peer in reversed(args.peer):
+            label, _, directory = peer.partition("=")
+            configs.insert(0, (label, Path(directory).resolve()))
         if args.baseline_repo is not None:
             configs.insert(0, ("baseline", args.baseline_repo.resolve()))
         for _ in range(args.rounds):
