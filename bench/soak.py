@@ -17,7 +17,8 @@ Counting (over both cases, one namespace): **lost** = accepted without a record;
 an activation id handed out twice by the gateway + an accepted id listed in the namespace's
 activation index other than once + index entries that no accepted invoke explains (a record the
 client never asked for); **left pending** = accepted ids whose pending entry is still stored
-after their record (must be 0).
+after their record (must be 0). The gateway's own count of accepted invokes in ``/metrics``
+(summed over its gunicorn workers) must equal the client's (``metrics_match``).
 
 Memory growth (the soak's verdict, per service) = median of the samples in the **last window**
 (``--window-s``, default 60 s) over the median of the **first window** after the warm-up, minus
@@ -36,6 +37,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -64,6 +66,10 @@ NAMESPACE = "guest"
 JUDGED = ("gateway", "invoker", "cache-agent")
 REPORTED = ("worker", "runtimes")
 MiB = 2**20
+#: the gateway's count of 202s to non-blocking invokes (summed over its gunicorn workers)
+ACCEPTED_METRIC = re.compile(
+    r'^faas_gateway_invoke_seconds_count\{(?=[^}]*face="openwhisk")(?=[^}]*mode="nonblocking")'
+    r'(?=[^}]*outcome="accepted")[^}]*\} (\S+)$', re.M)
 
 
 class Cluster:
@@ -90,6 +96,14 @@ class Cluster:
         props = dict(line.split("=", 1) for line in (self.home / "props").read_text().splitlines() if "=" in line)
         self.key = props["AUTH"].strip()
         self.redis_url = self.state["redis_url"]
+
+    def metrics_accepted(self) -> int | None:
+        """Accepted non-blocking invokes by the gateway's /metrics (every worker, multiprocess mode)."""
+        try:
+            found = ACCEPTED_METRIC.search(requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=10).text)
+        except requests.RequestException:
+            return None
+        return int(float(found.group(1))) if found else 0
 
     def down(self) -> None:
         try:
@@ -375,11 +389,15 @@ def main() -> None:
                 row, driver = load_case(cluster, args, r)
                 rows.append(row)
                 accepted += driver.accepted
+                row["metrics_accepted"] = cluster.metrics_accepted()
+                row["metrics_match"] = row["metrics_accepted"] == len(accepted)
                 print_table(rows[-1:], title="load")
             if args.minutes:
                 row, driver, samples = soak_case(cluster, args, r)
                 rows.append(row)
                 accepted += driver.accepted
+                row["metrics_accepted"] = cluster.metrics_accepted()
+                row["metrics_match"] = row["metrics_accepted"] == len(accepted)
             checks = audit(r, Keys("faas"), accepted)
             for row in rows:
                 row.update(checks)
@@ -390,7 +408,7 @@ def main() -> None:
             cluster.down()
     columns = ["case", "sent", "refused", "send_rate", "accepted", "records", "lost", "duplicates", "left_pending",
                "success", "errors", "p50_accept_ms", "p99_accept_ms", "p50_run_ms", "p99_run_ms", "p50_e2e_ms",
-               "p99_e2e_ms"]
+               "p99_e2e_ms", "metrics_match"]
     print_table(rows, columns=columns, title="soak.py: zero lost, no duplicates")
     mem = [{"service": n, "cold_mib": round(cold.get(n, 0) / MiB, 1),
             **{k: rows[-1].get(f"{n}_{k}") for k in ("start_mib", "end_mib", "growth_%", "slope_%_per_10min",
@@ -401,7 +419,7 @@ def main() -> None:
                                f"{args.window_s:g} s (< {args.max_growth:g} % judged for {', '.join(JUDGED)})")
     write_json(args.json, rows, samples=samples, memory=mem, cold=cold, settings=vars(args) | {"json": str(args.json)})
     bad = any(row["lost"] or row["duplicates"] or row["left_pending"] for row in rows) or \
-        any(row.get("steady") is False for row in rows)
+        any(row.get("steady") is False or row.get("metrics_match") is False for row in rows)
     sys.exit(1 if bad else 0)
 
 
