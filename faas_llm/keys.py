@@ -32,6 +32,7 @@ Layout (``P`` = prefix)::
     P:node:{id}:drain                  str   set while the node is drained (its invoker takes no new work)
     P:starts:{ns}:{action}             zset  start requests in flight (score: expiry ms)
     P:lock:place:{ns}:{action}         str   who is placing the action's instances now (TTL)
+    P:runtimes:{ns}:{action}           list  the action's last observed run times (seconds; capped, placement)
     P:model:{name}:status              hash  prefetch/status of a model per node
     P:models:popularity                zset  model -> invocation count (all time)
     P:models:popularity:{minute}       zset  model -> invocations in one minute (TTL: prefetch policy window)
@@ -151,6 +152,11 @@ class Keys:
 
     def placement_lock(self, namespace: str, action: str) -> str:
         return self._k("lock", "place", namespace, action)
+
+    def action_run_times(self, namespace: str, action: str) -> str:
+        """The action's most recent run times in seconds (list, newest first, capped): the placement's
+        run-time distribution, shared by every invoker."""
+        return self._k("runtimes", namespace, action)
 
     # --- models ---------------------------------------------------------------------------
     def model_status(self, model: str) -> str:

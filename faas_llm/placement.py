@@ -213,6 +213,22 @@ class RunTimeDistribution:
         n = len(self.sorted)
         return max(0.0, self._suffix2[0] / n - self.mean**2)
 
+    @classmethod
+    def of(cls, samples: Iterable[float], min_samples: int = 1) -> RunTimeDistribution | None:
+        """The distribution of ``samples``, or ``None`` with fewer than ``min_samples`` (no history yet)."""
+        values = [float(x) for x in samples]
+        return cls(values) if values and len(values) >= max(1, min_samples) else None
+
+    def busy_free(self, elapsed_s: Sequence[float], queued: int = 0) -> tuple[float, float]:
+        """(expected seconds, standard deviation) until a busy instance is free: the soonest of its runs
+        (``elapsed_s``: how long each has run; none known: one just started) by expected remaining time,
+        plus ``queued`` runs booked after it (each adds the mean and the variance)."""
+        runs = [(self.expected_remaining(a), self.remaining_variance(a)) for a in elapsed_s] or [
+            (self.mean, self.variance)]
+        expected, var = min(runs)
+        q = max(0, queued)
+        return expected + q * self.mean, math.sqrt(var + q * self.variance)
+
     def remaining_variance(self, elapsed_s: float) -> float:
         """``Var[R - a | R > a]`` (past the longest sample: the unconditional variance)."""
         a = max(0.0, elapsed_s)
@@ -417,6 +433,8 @@ def views_from_reports(
     expected_run_s: float = 1.0,
     model_sizes: Mapping[str, int] | None = None,
     boot_s: float = 0.0,
+    run_times: RunTimeDistribution | None = None,
+    busy_elapsed_s: Mapping[str, Sequence[float]] | None = None,
 ) -> list[NodeView]:
     """Node views for ``request`` from node reports and cache inventories (pure).
 
@@ -425,8 +443,15 @@ def views_from_reports(
     scaled by their load; ``STARTING`` containers on a node count as its queue of
     pending loads (each at its model's size from ``model_sizes``, default the
     request's size); a node without a ``PREWARMED`` container pays ``boot_s`` to start one.
+
+    With ``run_times`` (the action's observed run-time distribution) a busy instance is expected free
+    after :meth:`RunTimeDistribution.busy_free` of its runs' elapsed times (``busy_elapsed_s``: container
+    id -> seconds each of its runs has lasted; a container missing from it: a run just started), and
+    the views carry the spread (``warm_busy_sd_s``), as the simulator's "ours" builds them; without it,
+    ``expected_run_s`` as above and no spread (the plain comparison).
     """
     sizes = model_sizes or {}
+    elapsed = busy_elapsed_s or {}
     views: list[NodeView] = []
     for report in reports:
         inv = inventories.get(report.node)
@@ -434,10 +459,13 @@ def views_from_reports(
         mine = [c for c in live if c.namespace == request.namespace and c.action == request.action]
         idle = sum(1 for c in mine if c.state is ContainerState.IDLE or (
             c.state is ContainerState.BUSY and c.active < c.concurrency))
-        busy = tuple(
-            expected_run_s * max(1, c.active) / max(1, c.concurrency)
-            for c in mine if c.state is ContainerState.BUSY and c.active >= c.concurrency
-        )
+        full = [c for c in mine if c.state is ContainerState.BUSY and c.active >= c.concurrency]
+        if run_times is not None:
+            pairs = [run_times.busy_free(elapsed.get(c.id, ())) for c in full]
+            busy, busy_sd = tuple(e for e, _ in pairs), tuple(sd for _, sd in pairs)
+        else:
+            busy = tuple(expected_run_s * max(1, c.active) / max(1, c.concurrency) for c in full)
+            busy_sd = ()
         starting = [c for c in live if c.state is ContainerState.STARTING]
         occupied = [c for c in live if c.state in (ContainerState.BUSY, ContainerState.STARTING)]
         queue_bytes = sum(sizes.get(c.model or "", request.size_bytes) for c in starting)
@@ -450,6 +478,7 @@ def views_from_reports(
             free_memory_mb=report.free_memory_mb,
             warm_idle=idle,
             warm_busy_free_s=busy,
+            warm_busy_sd_s=busy_sd,
             in_dram=inv is not None and request.model in inv.dram.models,
             in_ssd=inv is not None and request.model in inv.ssd.models,
             bw_dram=inv.dram.read_bandwidth if inv else 0.0,

@@ -14,6 +14,10 @@ Every invoker runs a tick; per action queue one of them wins a short lock
    decision books one expected run on that instance and starts nothing; otherwise a start
    request goes to the node's stream (``keys.node_starts``), which its invoker turns into a
    container (:meth:`invoker.pool.ContainerPool.place`).
+   Busy warm instances are estimated tail-aware when the action has a run-time history
+   (:mod:`invoker.run_times`: its observed run times, shared in Redis, and each run's start from the
+   running-run registry): expected free time ``E[R - a | R > a]`` and its spread, as the simulator's
+   "ours"; without a history, the expected run time (``expected_run_s``) and no spread.
 3. migration-aware placement (:mod:`invoker.migrate_place`): when the node where the start would
    begin soonest is full and moving one of its runs elsewhere makes the start sooner, that run is
    migrated and the start waits for (then takes) its slot.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import secrets
 import threading
 from collections.abc import Callable, Iterable
@@ -38,6 +43,7 @@ from faas_llm.types import Action, ContainerState, Limits, NodeReport, now_ms
 from invoker import streams
 from invoker.cluster import ActionCache, ModelSizes, read_inventories, read_reports
 from invoker.migrate_place import MigrationPlacer
+from invoker.run_times import busy_elapsed, read_distribution
 
 log = logging.getLogger(__name__)
 START_REQUEST_FIELD = "request"
@@ -45,18 +51,41 @@ START_REQUEST_FIELD = "request"
 START_REQUEST_TTL_S = 10.0
 
 
-def book_warm(views: list[NodeView], node: str, run_s: float) -> list[NodeView]:
-    """After deciding to wait for a warm instance on ``node``, that instance is busy one run longer."""
+def _with_busy(v: NodeView, pairs: list[tuple[float, float]], spread: bool, warm_idle: int) -> NodeView:
+    return dataclasses.replace(v, warm_idle=warm_idle, warm_busy_free_s=tuple(e for e, _ in pairs),
+                               warm_busy_sd_s=tuple(sd for _, sd in pairs) if spread else ())
+
+
+def _busy_pairs(v: NodeView, run_sd: float | None) -> tuple[list[tuple[float, float]], bool]:
+    """The view's busy instances as (expected, sd), soonest first, and whether it has a spread to keep
+    (it carries one per instance and ``run_sd`` is known)."""
+    times = v.warm_busy_free_s
+    spread = run_sd is not None and len(v.warm_busy_sd_s) == len(times)
+    sds = v.warm_busy_sd_s if spread else (0.0,) * len(times)
+    return sorted(zip(times, sds, strict=True)), spread
+
+
+def book_warm(views: list[NodeView], node: str, run_s: float, run_sd: float | None = None) -> list[NodeView]:
+    """After deciding to wait for a warm instance on ``node``, that instance is busy one run longer
+    (``run_s`` expected; ``run_sd`` its standard deviation where known: the spreads add as variances)."""
     out = []
     for v in views:
         if v.node == node:
-            times = sorted(v.warm_busy_free_s)
+            pairs, spread = _busy_pairs(v, run_sd)
+            sd = run_sd or 0.0
             if v.warm_idle > 0:
-                v = dataclasses.replace(v, warm_idle=v.warm_idle - 1, warm_busy_free_s=(*times, run_s))
-            elif times:
-                v = dataclasses.replace(v, warm_busy_free_s=(times[0] + run_s, *times[1:]))
+                v = _with_busy(v, [*pairs, (run_s, sd)], spread, v.warm_idle - 1)
+            elif pairs:
+                (e, e_sd), rest = pairs[0], pairs[1:]
+                v = _with_busy(v, [(e + run_s, math.hypot(e_sd, sd)), *rest], spread, v.warm_idle)
         out.append(v)
     return out
+
+
+def idle_as_busy(v: NodeView, run_s: float, run_sd: float | None = None) -> NodeView:
+    """The view with its idle warm instances counted busy for one run each (the autoscaler counted them)."""
+    pairs, spread = _busy_pairs(v, run_sd)
+    return _with_busy(v, [*pairs, *([(run_s, run_sd or 0.0)] * v.warm_idle)], spread, 0)
 
 
 def book_start(views: list[NodeView], node: str, size_bytes: int) -> list[NodeView]:
@@ -158,11 +187,9 @@ class Scheduler:
         ns, name = action.namespace, action.name
         request = PlacementRequest(ns, name, action.exec.model, self.sizes.size(action.exec.model),
                                    action.limits.memory)
-        run_s = self.expected_run_s(ns, name)
-        views = views_from_reports(request, reports, inventories, expected_run_s=run_s, boot_s=self.boot_s())
+        views, run_s, run_sd = self.views(request, reports, inventories)
         # the autoscaler counted idle instances already: they will be busy with the demand it saw
-        views = [dataclasses.replace(v, warm_idle=0, warm_busy_free_s=(*v.warm_busy_free_s, *([run_s] * v.warm_idle)))
-                 for v in views]
+        views = [idle_as_busy(v, run_s, run_sd) for v in views]
         sent = 0
         for i in range(wanted):
             options = views if i >= must_start else [
@@ -182,7 +209,7 @@ class Scheduler:
                 log.info("no node can start %s/%s now", ns, name)
                 break
             if decision.waits_for_warm:
-                views = book_warm(views, decision.node, run_s)
+                views = book_warm(views, decision.node, run_s, run_sd)
                 continue
             self.send_start(decision.node, action)
             log.info("placing %s/%s on %s (%s, est. %.2fs)", ns, name, decision.node, decision.tier.value,
@@ -190,6 +217,24 @@ class Scheduler:
             views = book_start(views, decision.node, request.size_bytes)
             sent += 1
         return sent
+
+    def views(self, request: PlacementRequest, reports: list[NodeReport], inventories: Any
+              ) -> tuple[list[NodeView], float, float | None]:
+        """The placement's views of ``request`` and a queued run's (expected seconds, standard deviation).
+
+        With the action's run-time history (:func:`invoker.run_times.read_distribution`) busy instances
+        carry the tail-aware estimate and its spread (busy-since from the running-run registry); without,
+        the expected run time and no spread (``None``)."""
+        ns, name = request.namespace, request.action
+        dist = read_distribution(self.r, self.keys, ns, name)
+        if dist is None:
+            run_s = self.expected_run_s(ns, name)
+            return (views_from_reports(request, reports, inventories, expected_run_s=run_s, boot_s=self.boot_s()),
+                    run_s, None)
+        elapsed = busy_elapsed(self.r, self.keys, reports, ns, name, now_ms())
+        views = views_from_reports(request, reports, inventories, expected_run_s=dist.mean, boot_s=self.boot_s(),
+                                   run_times=dist, busy_elapsed_s=elapsed)
+        return views, dist.mean, math.sqrt(dist.variance)
 
     def send_start(self, node: str, action: Action) -> str:
         request_id = secrets.token_hex(8)

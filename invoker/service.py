@@ -39,6 +39,7 @@ from invoker.factory import ContainerFactory, make_factory
 from invoker.leases import SlotLeases
 from invoker.metrics import InvokerMetrics
 from invoker.pool import ContainerPool
+from invoker.run_times import RecordingStore, RunTimeBuffer
 from invoker.scheduler import START_REQUEST_FIELD, Scheduler, instances_of
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,10 @@ class Invoker:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.r: Any = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
-        self.store = ActivationStore(self.r, self.keys, settings.activation_retention_s)
+        # the store also buffers each run's time for the placement's run-time distribution (invoker.run_times)
+        self.run_times = RunTimeBuffer(self.keys)
+        self.store: ActivationStore = RecordingStore(self.r, self.keys, settings.activation_retention_s,
+                                                     self.run_times)
         self.consumer = f"{settings.node_id}:{os.getpid()}:{secrets.token_hex(3)}"
         self.metrics = InvokerMetrics(settings.node_id)
         self.actions = ActionCache(self.r, self.keys)
@@ -196,6 +200,7 @@ class Invoker:
     def maintain_once(self) -> None:
         self.dispatcher.renew_leases()
         self.leases.sweep()
+        self.run_times.flush(self.r)
         self.publish()
         reports = read_reports(self.r, self.keys)
         self._reports = [rep for rep in reports if rep.node != self.settings.node_id]

@@ -11,6 +11,7 @@ from faas_llm.placement import (
     Decision,
     NodeView,
     PlacementRequest,
+    RunTimeDistribution,
     load_estimate,
     make_policy,
     stable_hash,
@@ -254,3 +255,33 @@ def test_remaining_variance_is_the_conditional_spread() -> None:
     assert dist.remaining_variance(0.0) == pytest.approx(1.0)
     assert dist.remaining_variance(2.0) == pytest.approx(0.0)  # only the 3 s run is left
     assert dist.remaining_variance(10.0) == pytest.approx(1.0)
+
+
+def test_busy_free_is_the_soonest_runs_tail_aware_remaining_plus_queued_runs() -> None:
+    dist = RunTimeDistribution([1.0, 1.0, 1.0, 9.0])  # mean 3, variance 12
+    # no run known: one just started (mean, unconditional spread)
+    assert dist.busy_free(()) == pytest.approx((3.0, 12.0 ** 0.5))
+    # a run at 2 s is one of the long ones: 7 s left, no spread left in this sample
+    assert dist.busy_free([2.0]) == pytest.approx((7.0, 0.0))
+    # two runs on one instance (concurrency 2): the soonest frees the slot
+    assert dist.busy_free([2.0, 0.5]) == pytest.approx((2.5, 12.0 ** 0.5))
+    # each queued run adds the mean and the variance
+    assert dist.busy_free([2.0], queued=2) == pytest.approx((13.0, 24.0 ** 0.5))
+    assert RunTimeDistribution.of([1.0, 2.0], min_samples=3) is None
+    assert RunTimeDistribution.of([], min_samples=1) is None
+    got = RunTimeDistribution.of([1.0, 2.0, 3.0], min_samples=3)
+    assert got is not None and got.mean == 2.0
+
+
+def test_views_carry_the_tail_aware_estimate_and_spread_with_a_run_time_history() -> None:
+    reports = [NodeReport(node="n1", max_containers=3, free_memory_mb=8000, containers=[
+        _container("long", ContainerState.BUSY, active=1), _container("fresh", ContainerState.BUSY, active=1),
+        _container("unknown", ContainerState.BUSY, active=1)])]
+    dist = RunTimeDistribution([1.0, 1.0, 1.0, 9.0])
+    (v,) = views_from_reports(REQ, reports, {}, expected_run_s=3.0, run_times=dist,
+                              busy_elapsed_s={"long": [2.0], "fresh": [0.5]})
+    assert v.warm_busy_free_s == pytest.approx((7.0, dist.expected_remaining(0.5), 3.0))
+    assert v.warm_busy_sd_s == pytest.approx((0.0, dist.remaining_variance(0.5) ** 0.5, 12.0 ** 0.5))
+    # without a history: the plain estimate, no spread (as before)
+    (plain,) = views_from_reports(REQ, reports, {}, expected_run_s=3.0)
+    assert plain.warm_busy_free_s == (3.0, 3.0, 3.0) and plain.warm_busy_sd_s == ()
