@@ -59,7 +59,7 @@ from faas_llm.cache_protocol import (
     raise_error_reply,
     ssd_entry_dir,
 )
-from faas_llm.errors import CacheAgentError, CheckpointError, RequestError
+from faas_llm.errors import CacheAgentError, CheckpointError, NoCapacityError, RequestError
 from faas_llm.settings import Settings
 from faas_llm.types import LoadTier, check_model_name
 
@@ -279,8 +279,10 @@ class CacheClient:
     # --- models ------------------------------------------------------------------------------
     def load_model(self, model: str, version: int | None = None, *, fallback: bool = True,
                    on_meta: Callable[[Path], None] | None = None) -> LoadedModel:
-        """Acquire ``model`` and build it from the shared segment; if the agent is down and
-        ``fallback``, load the newest local SSD copy with the loader (CacheAgentError if none).
+        """Acquire ``model`` and build it from the shared segment; if the agent is down, or its DRAM
+        tier is full of checkpoints in use (NoCapacityError: the refused acquire has still put the
+        checkpoint on the node's SSD), and ``fallback``, load the newest local SSD copy with the
+        loader into this process's own memory (CacheAgentError / NoCapacityError if there is none).
 
         When the agent has to load the checkpoint (SSD or registry), the skeleton is built while
         it reads (as the checkpoint loader does), and ``on_meta(meta_dir)`` runs on that thread
@@ -289,7 +291,7 @@ class CacheClient:
         early = EarlyBuild(on_meta)
         try:
             lease = self.acquire(model, version, on_meta=early.start)
-        except CacheAgentError as exc:
+        except (CacheAgentError, NoCapacityError) as exc:
             early.join()
             if not fallback:
                 raise
@@ -305,20 +307,22 @@ class CacheClient:
             raise
         return LoadedModel(built, lease.tier, time.perf_counter() - started, lease=lease)
 
-    def _load_local(self, model: str, version: int | None, started: float, cause: CacheAgentError) -> LoadedModel:
+    def _load_local(self, model: str, version: int | None, started: float,
+                    cause: CacheAgentError | NoCapacityError) -> LoadedModel:
         from faas_llm.checkpoint import load_model
 
         check_model_name(model)
         root = self.settings.ssd_path
         versions = [v for v in local_versions(root, model) if version is None or v == version]
         if not versions:
-            raise CacheAgentError(f"{cause.message}; and no local copy of {model} in {root} to fall back to")
+            raise type(cause)(f"{cause.message}; and no local copy of {model} in {root} to fall back to")
         path = ssd_entry_dir(root, model, versions[-1])
         try:
             built, _ = load_model(path, settings=self.settings)
         except CheckpointError as exc:
             raise CacheAgentError(f"{cause.message}; the local copy {path} failed to load: {exc.message}") from exc
-        log.warning("cache agent unavailable (%s): loaded %s from %s", cause.message, model, path)
+        log.warning("cache agent could not serve %s (%s): loaded it from %s into this process", model, cause.message,
+                    path)
         return LoadedModel(built, LoadTier.LOCAL, time.perf_counter() - started, path=path)
 
     # --- heartbeats ----------------------------------------------------------------------------

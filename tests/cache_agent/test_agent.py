@@ -98,6 +98,14 @@ def test_dram_lru_victim_and_in_use_never_evicted(
     with pytest.raises(NoCapacityError):
         client.acquire("e")
     assert resident() == {"a", "b", "d"}
+    # a container starting now still gets "e": from the SSD copy the refused acquire left, into its own memory
+    with pytest.raises(NoCapacityError):
+        client.load_model("e", fallback=False)
+    private = client.load_model("e")
+    assert private.tier is LoadTier.LOCAL and private.lease is None
+    with torch.inference_mode():
+        assert private.model(torch.tensor([[1, 2]])).logits.shape[-1] > 0
+    assert resident() == {"a", "b", "d"}
     assert held_a.tensors()  # the leased memory still holds its checkpoint
     status = client.status()
     assert status.counters["dram_evictions"] == 1
