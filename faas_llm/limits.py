@@ -12,10 +12,16 @@ last slot, and a throttled invocation is never queued. The limits are read fresh
 admission (no cache, so ``faas-llm admin limits set`` applies to the very next invoke): in the
 script they cost no extra round trip. The script's verdict repeats :func:`decide` (the reference,
 unit-tested; a test checks that the two agree) and is checked against it on every call.
+
+With an expected action (:meth:`Limiter.admit_if_current`) the script first checks that the action
+the invocation was built from is still the stored one (the SHA-1 of its stored JSON): when it is not
+(updated or deleted), the script changes nothing and returns the stored JSON (:class:`StaleAction`),
+so a gateway may build invocations from actions it read earlier and still queue only what the current definition says.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -76,11 +82,18 @@ def decide(rate_count: int, inflight_count: int, limits: NamespaceLimits) -> Dec
     return Decision(Verdict.ADMIT)
 
 
-#: KEYS: limits hash, in-flight zset, rate window [, pending key, queue stream, queues index]
+#: KEYS: limits hash, in-flight zset, rate window [, pending key, queue stream, queues index [, action]]
 #: ARGV: now ms, activation id, expires ms, default rate limit, default concurrency limit
-#:       [, invocation JSON, retention s, stream field]
-#: returns {rate count, in-flight count, rate limit, concurrency limit, stream entry id or false}
+#:       [, invocation JSON, retention s, stream field [, SHA-1 of the action's JSON]]
+#: returns {rate count, in-flight count, rate limit, concurrency limit, stream entry id or false};
+#: {-1, 0, 0, 0, the stored action's JSON or false} when the action is not the expected one (no writes)
 ADMIT_SCRIPT = """
+if #KEYS > 6 then
+  local stored = redis.call('get', KEYS[7])
+  if (not stored) or redis.sha1hex(stored) ~= ARGV[9] then
+    return {-1, 0, 0, 0, stored}
+  end
+end
 local limits = redis.call('hmget', KEYS[1], 'invocationsPerMinute', 'concurrentInvocations')
 local rate_limit = tonumber(limits[1] or ARGV[4])
 local conc_limit = tonumber(limits[2] or ARGV[5])
@@ -120,6 +133,19 @@ class Admitted:
     decision: Decision
     #: the queued invocation's stream entry id (when the admission queued it)
     entry_id: str | None = None
+
+
+@dataclass(frozen=True)
+class StaleAction:
+    """The admission changed nothing: the action is not the one expected (``current``: its stored
+    JSON now, ``None`` when it was deleted)."""
+
+    current: str | None
+
+
+def action_digest(raw: str | bytes) -> str:
+    """The SHA-1 (hex) of an action's stored JSON, as the admission script computes it."""
+    return hashlib.sha1(raw.encode() if isinstance(raw, str) else raw).hexdigest()
 
 
 class Limiter:
@@ -162,6 +188,19 @@ class Limiter:
         An admitted activation stays in flight until it completes or ``expires_ms``. With
         ``queue``, an admitted invocation is also queued, in the same atomic round trip.
         """
+        admitted = self._run(namespace, activation_id, expires_ms, now_ms, queue, None)
+        assert isinstance(admitted, Admitted)  # no expected action: never stale
+        return admitted
+
+    def admit_if_current(self, namespace: str, activation_id: str, expires_ms: int, now_ms: int,
+                         queue: QueueWrite, action_key: str, digest: str) -> Admitted | StaleAction:
+        """:meth:`admit` with ``queue``, only if the action stored at ``action_key`` is the one
+        whose JSON has :func:`action_digest` ``digest`` (what the invocation was built from):
+        otherwise nothing is counted or queued and the reply is :class:`StaleAction`."""
+        return self._run(namespace, activation_id, expires_ms, now_ms, queue, (action_key, digest))
+
+    def _run(self, namespace: str, activation_id: str, expires_ms: int, now_ms: int,
+             queue: QueueWrite | None, expect_action: tuple[str, str] | None) -> Admitted | StaleAction:
         keys = [self.keys.namespace_limits(namespace), self.keys.inflight(namespace),
                 self.keys.rate_window(namespace, minute_of(now_ms))]
         args: list[Any] = [now_ms, activation_id, expires_ms, self.defaults.invocations_per_minute,
@@ -169,7 +208,12 @@ class Limiter:
         if queue is not None:
             keys += [queue.pending_key, queue.queue, queue.queues_index]
             args += [queue.payload, queue.retention_s, STREAM_FIELD]
+            if expect_action is not None:
+                keys.append(expect_action[0])
+                args.append(expect_action[1])
         rate_count, inflight_count, rate_limit, conc_limit, entry = self._admit(keys=keys, args=args)
+        if int(rate_count) < 0:
+            return StaleAction(entry.decode() if isinstance(entry, bytes) else entry)
         decision = decide(int(rate_count), int(inflight_count),
                           NamespaceLimits(int(rate_limit), int(conc_limit)))
         if decision.admitted != (entry is not None if queue is not None else decision.admitted):

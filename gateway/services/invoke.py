@@ -21,9 +21,10 @@ from faas_llm.errors import (
     PayloadTooLargeError,
     RequestError,
 )
-from faas_llm.limits import Limiter
+from faas_llm.limits import Limiter, StaleAction
 from faas_llm.settings import Settings
 from faas_llm.types import Action, ActivationRecord, Invocation, new_activation_id, now_ms
+from gateway.services.action_cache import ActionCache
 from gateway.services.actions import ActionService
 
 
@@ -47,6 +48,10 @@ class InvokeOutcome:
     @property
     def record(self) -> ActivationRecord | None:
         return ActivationRecord.model_validate_json(self.record_json) if self.record_json else None
+
+
+#: checked admissions retried with the re-read action (each retry means the action changed meanwhile)
+STALE_RETRIES = 5
 
 
 def merge_params(defaults: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -109,25 +114,40 @@ class InvokeService:
         self.activations = activations
         self.limiter = limiter
         self.settings = settings
+        self.action_cache = ActionCache(actions.store)
 
     def submit(
         self, identity: Identity, namespace: str, name: str, params: dict[str, Any], transaction_id: str,
         *, stream: bool = False,
     ) -> Submitted:
-        """Admit and queue one invocation of ``namespace/name``."""
-        action = self.actions.get(namespace, name)
+        """Admit and queue one invocation of ``namespace/name``.
+
+        The invocation is built from the worker's cached action; the admission script queues it only
+        if that is still the stored action (else it returns the stored one, and this retries with it)."""
         activation_id = new_activation_id()
-        start = now_ms()
-        deadline = start + action.limits.timeout
-        invocation = Invocation(
-            activation_id=activation_id, namespace=namespace, action=name, action_version=action.version,
-            subject=identity.subject, params=merge_params(action.default_params(), params),
-            transaction_id=transaction_id, enqueued_ms=start, deadline_ms=deadline, stream=stream,
-        )
-        # Admission and queueing are one atomic round trip: a throttled invocation is never queued.
-        # A consumer that died mid-run stops counting against the namespace after the expiry.
-        self.limiter.admit(namespace, activation_id, deadline + self.settings.blocking_wait_max_ms, start,
-                           queue=self.activations.queue_write(invocation))
+        cached = self.action_cache.get(namespace, name)
+        for attempt in range(STALE_RETRIES + 1):
+            action = cached.action
+            start = now_ms()
+            deadline = start + action.limits.timeout
+            invocation = Invocation(
+                activation_id=activation_id, namespace=namespace, action=name, action_version=action.version,
+                subject=identity.subject, params=merge_params(action.default_params(), params),
+                transaction_id=transaction_id, enqueued_ms=start, deadline_ms=deadline, stream=stream,
+            )
+            # Admission and queueing are one atomic round trip: a throttled invocation is never queued.
+            # A consumer that died mid-run stops counting against the namespace after the expiry.
+            expires = deadline + self.settings.blocking_wait_max_ms
+            queue = self.activations.queue_write(invocation)
+            if attempt == STALE_RETRIES:
+                # the action changed at every try: queue with the definition just read (no check)
+                self.limiter.admit(namespace, activation_id, expires, start, queue=queue)
+                break
+            outcome = self.limiter.admit_if_current(namespace, activation_id, expires, start, queue,
+                                                    cached.key, cached.digest)
+            if not isinstance(outcome, StaleAction):
+                break
+            cached = self.action_cache.replace(namespace, name, outcome.current)
         return Submitted(action, invocation)
 
     def wait(self, activation_id: str, wait_ms: int, *, just_queued: bool = False) -> ActivationRecord | None:
