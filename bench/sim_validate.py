@@ -52,11 +52,13 @@ from bench.sim.trace import TRACE_DIR, load_named
 from bench.sim.workload import Request, Workload, zipf_weights
 from bench.up_cluster import UpCluster, bench_env, containers, wait_until
 from cache_agent.pool import ALIGNMENT
-from faas_llm.placement import make_policy
+from faas_llm.placement import RunTimeDistribution, make_policy
 from faas_llm.types import ActivationRecord, LoadTier
 
 PROMPT = "The serverless platform"
 TIERS = ("warm", "dram", "ssd", "registry")
+#: the shares compared: ``local`` is a start whose runtime loaded the SSD copy itself (the DRAM tier full of leases)
+SHARES = (*TIERS, "local")
 
 
 # --- the real cluster ----------------------------------------------------------------------------------------
@@ -202,16 +204,19 @@ def simulate(seq: Sequence[tuple[float, int, int]], models: int, nbytes: int, ca
         nodes=1, gpus_per_node=args.slots, slots_per_node=args.slots, gpu_memory_gb=80.0,
         dram_cache_gb=dram_fit * nbytes / GB, ssd_cache_gb=args.ssd_models * nbytes / GB,
         bw_dram=bw["dram"], bw_ssd=bw["ssd"], bw_registry=bw["registry"], keep_alive_s=args.keep_alive,
-        ssd_replicas=0, start_overhead_s=calib["start_overhead_s"], dram_lease_while_live=True,
+        ssd_replicas=0, start_overhead_s=calib["start_overhead_s"], dram_lease_while_live=True, agent_loads=True,
     )
     specs = tuple(ModelSpec(f"v{m}", nbytes / (2 * GB)) for m in range(models))
     a, b = calib["run_a_s"], calib["run_b_s_per_token"]
     reqs = tuple(Request(i, t, m, 1, tokens, a + b * tokens) for i, (t, m, tokens) in enumerate(seq))
     wl = Workload(specs, reqs, tuple(range(models)))
-    sim = Simulator(wl, make_policy("locality"), spec, GpuModel(), seed=0)
-    # the invoker's estimate of a run: the mean of the runs it has seen (here: of the sequence's lengths)
+    # the invoker's scheduling: the cold-start watch places a start at once, everything else on its tick
+    # (heartbeat_interval_s); busy instances' free times tail-aware from the runs it has seen (invoker/run_times.py)
+    sim = Simulator(wl, make_policy("locality"), spec, GpuModel(), seed=0, tick_s=args.tick)
     mean_run = sum(r.run_s for r in reqs) / len(reqs)
     sim.expected_run = [mean_run] * models
+    dist = RunTimeDistribution(r.run_s for r in reqs)
+    sim.run_dists = [dist] * models
     result = sim.run()
     return [{"i": s.request, "tier": s.tier.value if s.tier is not LoadTier.WARM else "warm",
              "wait_s": s.latency_s} for s in result.served]
@@ -222,20 +227,45 @@ def stats(rows: Sequence[dict[str, Any]], first: int) -> dict[str, float]:
     waits = sorted(r["wait_s"] for r in counted)
     n = len(counted)
     out = {"requests": float(n), "mean_s": sum(waits) / n if n else math.nan, "p50_s": percentile(waits, 50)}
-    for tier in TIERS:
+    for tier in SHARES:
         out[f"{tier}_pct"] = 100.0 * sum(1 for r in counted if r["tier"] == tier) / n if n else math.nan
     return out
 
 
 def compare(real: dict[str, float], sim: dict[str, float]) -> list[Row]:
     rows: list[Row] = []
-    for key in ("mean_s", "p50_s", *(f"{t}_pct" for t in TIERS)):
+    for key in ("mean_s", "p50_s", *(f"{t}_pct" for t in SHARES)):
         r, s = real[key], sim[key]
         err = (s - r) / r if r else (0.0 if s == 0 else math.inf)
         # tier shares: the relative error of a small share is noise; also give the absolute difference
         rows.append({"case": key, "measured": r, "simulated": s, "rel_err": err, "abs_diff": s - r,
                      "within_25pct": abs(err) <= 0.25})
     return rows
+
+
+def report(args: argparse.Namespace, seq: Sequence[tuple[float, int, int]], real: list[dict[str, Any]],
+           nbytes: int, calib: dict[str, Any], loads: list[float], replay_s: float, **extra: Any) -> None:
+    first = int(len(seq) * args.warmup)
+    simulated = simulate(seq, args.models, nbytes, calib, args)
+    real_stats, sim_stats = stats(real, first), stats(simulated, first)
+    rows = compare(real_stats, sim_stats)
+    title = (f"simulator vs real faas-llm up: {len(seq)} requests ({first} not counted), {args.models} models, "
+             f"{args.slots} slots, keep-alive {args.keep_alive:g} s, DRAM {args.dram_models:g} / SSD "
+             f"{args.ssd_models:g} checkpoints; replay {replay_s:.0f} s; 1-min load {min(loads):.1f}-{max(loads):.1f}")
+    print_table(rows, ["case", "measured", "simulated", "rel_err", "abs_diff", "within_25pct"], title=title)
+    write_json(args.json, rows, calibration=calib, measured=real_stats, simulated=sim_stats, load_averages=loads,
+               args={k: str(v) for k, v in vars(args).items()}, real_requests=real, sim_requests=simulated,
+               nbytes=nbytes, replay_s=replay_s, **extra)
+
+
+def resimulate(args: argparse.Namespace, seq: Sequence[tuple[float, int, int]]) -> None:
+    """The simulator again against a saved measured run (same sequence arguments as that run)."""
+    import json
+
+    saved = json.loads(args.resimulate.read_text())
+    nbytes = int(saved.get("nbytes", 969388))  # runs before it was saved: the tiny demo checkpoint's bytes
+    report(args, seq, saved["real_requests"], nbytes, saved["calibration"], saved["load_averages"],
+           float(saved.get("replay_s", math.nan)), measured_in=saved["machine"]["time"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -255,8 +285,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calib-reps", type=int, default=2)
     parser.add_argument("--warmup", type=float, default=0.1, help="share of requests not counted")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tick", type=float, default=1.0,
+                        help="the invoker's scheduling tick (heartbeat_interval_s, its default) in the simulator")
+    parser.add_argument("--resimulate", type=Path, default=None,
+                        help="no cluster: simulate again against the measured run and calibration saved in this --json")
     args = parser.parse_args(argv)
     seq = sequence(args.requests, args.span, args.models, args.token_div, args.max_tokens, args.seed, args.offset)
+    if args.resimulate is not None:
+        resimulate(args, seq)
+        return
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="sim-validate-") as tmp_name:
         tmp = Path(tmp_name)
@@ -296,16 +333,7 @@ def main(argv: list[str] | None = None) -> None:
             loads.append(os.getloadavg()[0])
         finally:
             cluster.stop()
-    first = int(len(seq) * args.warmup)
-    simulated = simulate(seq, args.models, nbytes, calib, args)
-    real_stats, sim_stats = stats(real, first), stats(simulated, first)
-    rows = compare(real_stats, sim_stats)
-    title = (f"simulator vs real faas-llm up: {len(seq)} requests ({first} not counted), {args.models} models, "
-             f"{args.slots} slots, keep-alive {args.keep_alive:g} s, DRAM {args.dram_models:g} / SSD "
-             f"{args.ssd_models:g} checkpoints; replay {replay_s:.0f} s; 1-min load {min(loads):.1f}-{max(loads):.1f}")
-    print_table(rows, ["case", "measured", "simulated", "rel_err", "abs_diff", "within_25pct"], title=title)
-    write_json(args.json, rows, calibration=calib, measured=real_stats, simulated=sim_stats, load_averages=loads,
-               args={k: str(v) for k, v in vars(args).items()}, real_requests=real, sim_requests=simulated)
+    report(args, seq, real, nbytes, calib, loads, replay_s)
 
 
 if __name__ == "__main__":

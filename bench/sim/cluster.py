@@ -50,6 +50,8 @@ class Instance:
     resume_s: float = 0.0
     #: holds a lease on its checkpoint in the node's DRAM tier (``ClusterSpec.dram_lease_while_live``)
     leased: bool = False
+    #: joined another start's load of its model (single flight): holds no pin of its own
+    joined: bool = False
 
     @property
     def occupies(self) -> bool:
@@ -74,6 +76,8 @@ class Node:
     #: when the node's network fetch queue (registry loads) drains
     fetch_free_at: float = 0.0
     instances: dict[int, Instance] = field(default_factory=dict)
+    #: the cache agent's loads in flight (``ClusterSpec.agent_loads``): model index -> (end, tier)
+    flights: dict[int, tuple[float, LoadTier]] = field(default_factory=dict)
     occupied_slots: int = 0
     occupied_mb: int = 0
 

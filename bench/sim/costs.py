@@ -55,6 +55,12 @@ class ClusterSpec:
     #: a live instance holds a lease on its checkpoint in the DRAM tier (faas-llm's runtime maps the DRAM pool:
     #: the cache agent never evicts a leased checkpoint); off in the comparison (GPU instances copy the weights)
     dram_lease_while_live: bool = False
+    #: the new instance's load as faas-llm's cache agent runs it (cache_agent/agent.py), after the runtime's boot
+    #: (``start_overhead_s``): the tier is decided when the load begins; concurrent loads of one model on a node share
+    #: one fetch (single flight: the same tier and end); a load that is not a DRAM hit reserves its DRAM extent first,
+    #: and when every resident checkpoint is leased (no room) the runtime loads the SSD copy into its own memory
+    #: (tier ``local``; fetched from the registry first when not on SSD). Off in the comparison
+    agent_loads: bool = False
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.slots_per_node < 1 or self.gpus_per_node < 1:

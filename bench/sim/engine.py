@@ -42,7 +42,7 @@ from faas_llm.placement import Decision, NodeView, PlacementPolicy, PlacementReq
 from faas_llm.pool_policy import PoolCapacity, has_room, keep_alive_removals, lru_victims
 from faas_llm.types import LoadTier
 
-ARRIVE, LOAD_DONE, RUN_DONE, EXPIRE, MOVE_DONE = range(5)
+ARRIVE, LOAD_DONE, RUN_DONE, EXPIRE, MOVE_DONE, BOOT_DONE, TICK = range(7)
 UNLIMITED = 1 << 40
 
 
@@ -85,6 +85,7 @@ class Simulator:
         keep_until_needed: bool = False,
         max_idle_s: float = 3600.0,
         tail_estimate: bool = False,
+        tick_s: float | None = None,
     ) -> None:
         self.w = workload
         self.policy = policy
@@ -112,6 +113,12 @@ class Simulator:
         #: busy instances' free times from each model's run-time distribution given the time run so far
         #: (faas_llm.placement.RunTimeDistribution), instead of "mean minus elapsed"
         self.run_dists = run_distributions(workload, cluster, gpu) if tail_estimate else None
+        #: the real invoker's scheduling (invoker/scheduler.py, invoker/coldwatch.py): an arrival for a model with no
+        #: instance (none idle, busy or starting) is placed at once; every other placement, the re-decision of the
+        #: waits for busy warm instances and the retries of blocked models happen on its periodic tick (``tick_s``
+        #: apart). None: every arrival is placed at once
+        self.tick_s = tick_s
+        self._tick_at: float | None = None
         self.queue: list[deque[Request]] = [deque() for _ in range(n)]
         self.starting = [0] * n
         self.claims = [0] * n  # requests waiting for a busy warm instance (locality's WARM decisions)
@@ -161,6 +168,11 @@ class Simulator:
             elif kind == MOVE_DONE:
                 assert isinstance(data, Instance)
                 self._move_done(data)
+            elif kind == BOOT_DONE:
+                assert isinstance(data, Instance)
+                self._begin_load(data)
+            elif kind == TICK:
+                self._tick()
         self.result.unserved = sum(len(q) for q in self.queue)
         self.result.cache_evictions = sum(n.dram.evictions + n.ssd.evictions for n in self.nodes)
         return self.result
@@ -173,7 +185,31 @@ class Simulator:
             self._serve(inst, req)
             return
         self.queue[req.model].append(req)
-        self._cover(req.model)
+        if self.tick_s is None or not self._has_instance(req.model):
+            self._cover(req.model)  # the cold-start watch: placed at once
+        else:
+            self._schedule_tick()
+
+    def _has_instance(self, m: int) -> bool:
+        return bool(self.idle[m] or self.busy[m] or self.starting[m])
+
+    def _schedule_tick(self) -> None:
+        assert self.tick_s is not None
+        if self._tick_at is None:
+            self._tick_at = (math.floor(self.now / self.tick_s) + 1) * self.tick_s
+            self._push(self._tick_at, TICK, None)
+
+    def _tick(self) -> None:
+        """The invoker's periodic scheduling pass: every queued model is placed afresh (its waits for busy
+        warm instances decided again, as the real scheduler books them only within one pass)."""
+        self._tick_at = None
+        for m in range(len(self.queue)):
+            if self.queue[m]:
+                self.claims[m] = 0
+                self.blocked.discard(m)
+                self._cover(m)
+        if any(self.queue):
+            self._schedule_tick()
 
     def _uncovered(self, m: int) -> int:
         return len(self.queue[m]) - self.starting[m] - self.claims[m]
@@ -198,8 +234,8 @@ class Simulator:
         self.blocked.discard(m)
 
     def _retry_blocked(self) -> None:
-        if not self.blocked:
-            return
+        if not self.blocked or self.tick_s is not None:
+            return  # with ticks: retried on the next one
         for m in sorted(self.blocked, key=lambda m: (self.queue[m][0].t if self.queue[m] else math.inf, m)):
             if self.queue[m] and not self._could_start(m):
                 continue  # nothing changed for it: no room anywhere (it had no warm option either)
@@ -320,13 +356,17 @@ class Simulator:
         if not self._make_room(node, memory):
             return None
         name = self.names[m]
+        agent = self.cluster.agent_loads and not self.oracle
         tier = node.fastest_tier(name)
-        if tier is LoadTier.DRAM:
-            node.dram.pin(name)
-        elif tier is LoadTier.SSD:
-            node.ssd.pin(name)
-        _, end = self._load_time(node, m, tier)
-        end += self.cluster.start_overhead_s
+        if agent:
+            end = self.now + self.cluster.start_overhead_s  # the runtime boots, then asks for its model
+        else:
+            if tier is LoadTier.DRAM:
+                node.dram.pin(name)
+            elif tier is LoadTier.SSD:
+                node.ssd.pin(name)
+            _, end = self._load_time(node, m, tier)
+            end += self.cluster.start_overhead_s
         state = InstState.MIGRATING_IN if migrating else InstState.STARTING
         inst = Instance(next(self._ids), m, n, memory, state, tier)
         inst.last_used = self.now
@@ -336,11 +376,50 @@ class Simulator:
         node.occupied_mb += memory
         if not migrating:
             self.starting[m] += 1
-        self._push(end, LOAD_DONE, inst)
+        self._push(end, BOOT_DONE if agent else LOAD_DONE, inst)
         return inst
+
+    def _begin_load(self, inst: Instance) -> None:
+        """The booted runtime asks the cache agent for its model (``ClusterSpec.agent_loads``)."""
+        if inst.state is InstState.REMOVED:
+            return
+        node, m = self.nodes[inst.node], inst.model
+        name = self.names[m]
+        flight = node.flights.get(m)
+        if flight is not None and flight[0] > self.now:  # single flight: wait for the load in progress
+            end, inst.tier = flight
+            inst.joined = True
+            self._push(end, LOAD_DONE, inst)
+            return
+        tier = node.fastest_tier(name)
+        if tier is LoadTier.DRAM:
+            node.dram.pin(name)
+        elif node.dram.insert(name, self.sizes[m]):  # the DRAM extent is reserved before the read
+            node.dram.pin(name)
+            if tier is LoadTier.SSD:
+                node.ssd.pin(name)
+        else:  # no room (every resident checkpoint leased): the runtime reads the SSD copy itself
+            start = self.now
+            if tier is LoadTier.REGISTRY:
+                _, start = self._load_time(node, m, LoadTier.REGISTRY)
+                node.ssd.insert(name, self.sizes[m])
+            saved, self.now = self.now, start
+            _, end = self._load_time(node, m, LoadTier.SSD)
+            self.now = saved
+            inst.tier = LoadTier.LOCAL
+            self._push(end, LOAD_DONE, inst)
+            return
+        _, end = self._load_time(node, m, tier)
+        inst.tier = tier
+        if tier is not LoadTier.DRAM:
+            node.flights[m] = (end, tier)
+        self._push(end, LOAD_DONE, inst)
 
     def _fill_caches(self, node: Node, m: int, tier: LoadTier) -> None:
         name, size = self.names[m], self.sizes[m]
+        if self.cluster.agent_loads and not self.oracle:
+            self._agent_filled(node, m, tier)
+            return
         if tier is LoadTier.DRAM:
             node.dram.unpin(name)
             node.dram.touch(name)
@@ -353,10 +432,30 @@ class Simulator:
             node.ssd.insert(name, size)
         node.dram.insert(name, size)
 
+    def _agent_filled(self, node: Node, m: int, tier: LoadTier) -> None:
+        """A load by the cache agent (``_begin_load``) is done: its pins go, its copies are used."""
+        name = self.names[m]
+        if node.flights.get(m, (math.inf,))[0] <= self.now:
+            del node.flights[m]
+        if tier is LoadTier.LOCAL:
+            node.ssd.touch(name)
+            return
+        node.dram.unpin(name)
+        node.dram.touch(name)
+        if tier is LoadTier.SSD:
+            node.ssd.unpin(name)
+            node.ssd.touch(name)
+        elif tier is LoadTier.REGISTRY:
+            node.ssd.insert(name, self.sizes[m])
+        else:
+            node.ssd.touch(name)
+
     def _load_done(self, inst: Instance) -> None:
         node = self.nodes[inst.node]
-        self._fill_caches(node, inst.model, inst.tier)
-        if self.cluster.dram_lease_while_live and self.names[inst.model] in node.dram:
+        if not inst.joined:
+            self._fill_caches(node, inst.model, inst.tier)
+        if (self.cluster.dram_lease_while_live and inst.tier is not LoadTier.LOCAL
+                and self.names[inst.model] in node.dram):
             node.dram.pin(self.names[inst.model])
             inst.leased = True
         if inst.state is InstState.MIGRATING_IN:
