@@ -45,7 +45,7 @@ def _exercise_kernels(torch: Any) -> None:
     import torch.nn.functional as F
 
     with torch.inference_mode():
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):  # fp16: the usual checkpoint dtype
             x = torch.randn(1, 4, 8, 16, dtype=dtype)
             F.scaled_dot_product_attention(x, x, x, is_causal=True)
             h = torch.randn(1, 4, 64, dtype=dtype)

@@ -108,7 +108,9 @@ class Dispatcher:
         thread = threading.Thread(target=self._work, args=(container, queue), daemon=True,
                                   name=f"run-{container.id}-{name}")
         thread.start()
-        self.threads.append(thread)
+        with self._lock:  # a container's workers end with it: keep only the live ones (no growth per restart)
+            self.threads = [t for t in self.threads if t.is_alive()]
+            self.threads.append(thread)
 
     def _work(self, container: Container, queue: str) -> None:
         while not self.stopping.is_set() and container.state is not container.state.REMOVING:
@@ -405,5 +407,7 @@ class Dispatcher:
     def stop(self, timeout_s: float = 10.0) -> None:
         self.stopping.set()
         deadline = time.monotonic() + timeout_s
-        for thread in self.threads:
+        with self._lock:
+            threads = list(self.threads)
+        for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
