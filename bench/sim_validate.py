@@ -205,14 +205,16 @@ def simulate(seq: Sequence[tuple[float, int, int]], models: int, nbytes: int, ca
         dram_cache_gb=dram_fit * nbytes / GB, ssd_cache_gb=args.ssd_models * nbytes / GB,
         bw_dram=bw["dram"], bw_ssd=bw["ssd"], bw_registry=bw["registry"], keep_alive_s=args.keep_alive,
         ssd_replicas=0, start_overhead_s=calib["start_overhead_s"], dram_lease_while_live=True, agent_loads=True,
+        evicted_lease_hold_s=args.lease_ttl,
     )
     specs = tuple(ModelSpec(f"v{m}", nbytes / (2 * GB)) for m in range(models))
     a, b = calib["run_a_s"], calib["run_b_s_per_token"]
     reqs = tuple(Request(i, t, m, 1, tokens, a + b * tokens) for i, (t, m, tokens) in enumerate(seq))
     wl = Workload(specs, reqs, tuple(range(models)))
     # the invoker's scheduling: the cold-start watch places a start at once, everything else on its tick
-    # (heartbeat_interval_s); busy instances' free times tail-aware from the runs it has seen (invoker/run_times.py)
-    sim = Simulator(wl, make_policy("locality"), spec, GpuModel(), seed=0, tick_s=args.tick)
+    # (heartbeat_interval_s); the pool starts no second instance of a model while one is starting (WARMING);
+    # busy instances' free times tail-aware from the runs it has seen (invoker/run_times.py)
+    sim = Simulator(wl, make_policy("locality"), spec, GpuModel(), seed=0, tick_s=args.tick, warming=True)
     mean_run = sum(r.run_s for r in reqs) / len(reqs)
     sim.expected_run = [mean_run] * models
     dist = RunTimeDistribution(r.run_s for r in reqs)
@@ -285,6 +287,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calib-reps", type=int, default=2)
     parser.add_argument("--warmup", type=float, default=0.1, help="share of requests not counted")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lease-ttl", type=float, default=30.0,
+                        help="the cache agent's lease_ttl_s (its default): how long an evicted (killed) "
+                             "instance's DRAM lease lasts")
     parser.add_argument("--tick", type=float, default=1.0,
                         help="the invoker's scheduling tick (heartbeat_interval_s, its default) in the simulator")
     parser.add_argument("--resimulate", type=Path, default=None,

@@ -61,6 +61,9 @@ class ClusterSpec:
     #: and when every resident checkpoint is leased (no room) the runtime loads the SSD copy into its own memory
     #: (tier ``local``; fetched from the registry first when not on SSD). Off in the comparison
     agent_loads: bool = False
+    #: an idle instance evicted for room is killed (invoker/pool.py: graceful=False, SIGKILL): its DRAM lease is
+    #: never released and lasts until the cache agent's lease TTL (``lease_ttl_s``) expires; 0: released at once
+    evicted_lease_hold_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.slots_per_node < 1 or self.gpus_per_node < 1:

@@ -42,7 +42,7 @@ from faas_llm.placement import Decision, NodeView, PlacementPolicy, PlacementReq
 from faas_llm.pool_policy import PoolCapacity, has_room, keep_alive_removals, lru_victims
 from faas_llm.types import LoadTier
 
-ARRIVE, LOAD_DONE, RUN_DONE, EXPIRE, MOVE_DONE, BOOT_DONE, TICK = range(7)
+ARRIVE, LOAD_DONE, RUN_DONE, EXPIRE, MOVE_DONE, BOOT_DONE, TICK, LEASE_END = range(8)
 UNLIMITED = 1 << 40
 
 
@@ -86,6 +86,7 @@ class Simulator:
         max_idle_s: float = 3600.0,
         tail_estimate: bool = False,
         tick_s: float | None = None,
+        warming: bool = False,
     ) -> None:
         self.w = workload
         self.policy = policy
@@ -119,6 +120,9 @@ class Simulator:
         #: apart). None: every arrival is placed at once
         self.tick_s = tick_s
         self._tick_at: float | None = None
+        #: the real pool's WARMING outcome (faas_llm.pool_policy.choose): a start request for a model that already
+        #: has an instance starting on that node (it has no run yet) starts nothing; the queue waits for that one
+        self.warming = warming
         self.queue: list[deque[Request]] = [deque() for _ in range(n)]
         self.starting = [0] * n
         self.claims = [0] * n  # requests waiting for a busy warm instance (locality's WARM decisions)
@@ -173,6 +177,9 @@ class Simulator:
                 self._begin_load(data)
             elif kind == TICK:
                 self._tick()
+            elif kind == LEASE_END:
+                assert isinstance(data, tuple)
+                self._lease_end(*data)
         self.result.unserved = sum(len(q) for q in self.queue)
         self.result.cache_evictions = sum(n.dram.evictions + n.ssd.evictions for n in self.nodes)
         return self.result
@@ -228,10 +235,15 @@ class Simulator:
                 return
             if decision.waits_for_warm:
                 self.claims[m] += 1
+            elif self.warming and self._starting_on(self.node_index(decision.node), m):
+                return  # WARMING: the node's starting instance of m is the one this start gets
             elif self.start_load(self.node_index(decision.node), m) is None:
                 self.blocked.add(m)  # the policy chose a node without room: wait for capacity
                 return
         self.blocked.discard(m)
+
+    def _starting_on(self, n: int, m: int) -> bool:
+        return any(i.model == m and i.state is InstState.STARTING for i in self.nodes[n].instances.values())
 
     def _retry_blocked(self) -> None:
         if not self.blocked or self.tick_s is not None:
@@ -330,7 +342,7 @@ class Simulator:
             return True
         victims = lru_victims(live, memory_mb, capacity)
         for vid in victims:
-            self._remove(node.instances[int(vid)])
+            self._remove(node.instances[int(vid)], lease_hold_s=self.cluster.evicted_lease_hold_s)
             self.result.instances_evicted += 1
         return bool(victims)
 
@@ -447,8 +459,7 @@ class Simulator:
             node.ssd.touch(name)
         elif tier is LoadTier.REGISTRY:
             node.ssd.insert(name, self.sizes[m])
-        else:
-            node.ssd.touch(name)
+        # a DRAM hit does not use the SSD copy (the agent reads SSD only to fill DRAM)
 
     def _load_done(self, inst: Instance) -> None:
         node = self.nodes[inst.node]
@@ -526,7 +537,7 @@ class Simulator:
             self._push(again if again > self.now else self.now + 1e-6 * max(1.0, self.now), EXPIRE,
                        (inst, idle_since))
 
-    def _remove(self, inst: Instance) -> None:
+    def _remove(self, inst: Instance, lease_hold_s: float = 0.0) -> None:
         node = self.nodes[inst.node]
         if inst.occupies:
             node.occupied_slots -= 1
@@ -534,12 +545,19 @@ class Simulator:
         self.idle[inst.model].pop(inst.id, None)
         self.busy[inst.model].pop(inst.id, None)
         inst.state = InstState.REMOVED
-        if inst.leased:  # the lease's release counts as a use (the cache agent's last_used)
-            node.dram.unpin(self.names[inst.model])
-            node.dram.touch(self.names[inst.model])
-            inst.leased = False
+        if inst.leased and lease_hold_s > 0:  # killed: its lease expires later
+            self._push(self.now + lease_hold_s, LEASE_END, (node.index, inst.model))
+        elif inst.leased:
+            self._lease_end(node.index, inst.model)
+        inst.leased = False
         del node.instances[inst.id]
         del self.instances[inst.id]
+
+    def _lease_end(self, n: int, m: int) -> None:
+        """A DRAM lease goes (released or expired); that counts as a use (the cache agent's last_used)."""
+        node = self.nodes[n]
+        node.dram.unpin(self.names[m])
+        node.dram.touch(self.names[m])
 
     # --- migration (applied here, planned by faas_llm.migration_policy) -------------------------
 

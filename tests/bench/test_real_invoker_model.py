@@ -66,3 +66,25 @@ def test_cold_start_at_once_scale_out_on_the_tick() -> None:
     next_tick = (int(arrive) + 1) * 1.0
     assert ticked == [(LoadTier.SSD, pytest.approx(load_ssd)),
                       (LoadTier.DRAM, pytest.approx(next_tick - arrive + load_dram))]
+
+
+def test_a_second_start_of_a_model_already_starting_starts_nothing() -> None:
+    # two requests at once, two slots: without WARMING two instances load; with it one, serving both in turn
+    wl = workload([A], [(0.0, 0, 10.0), (0.0, 0, 10.0)])
+    cluster = replace(BASE, ssd_replicas=1)
+    load = A.size_bytes / BASE.bw_ssd
+    both = Simulator(wl, make_policy("serverlessllm"), cluster, GPU, seed=0).run()
+    one = Simulator(wl, make_policy("serverlessllm"), cluster, GPU, seed=0, warming=True).run()
+    assert [s.tier for s in both.served] == [LoadTier.SSD, LoadTier.SSD]
+    assert [(s.tier, s.latency_s) for s in one.served] == [(LoadTier.SSD, pytest.approx(load)),
+                                                           (LoadTier.WARM, pytest.approx(load + 10.0))]
+
+
+def test_an_evicted_instance_holds_its_dram_lease_until_the_ttl() -> None:
+    # DRAM for one checkpoint, one slot: A runs, goes idle, B's start evicts it (killed: A's lease stays 30 s),
+    # so B cannot reserve DRAM (local); released at once, A's checkpoint is evicted and B goes through DRAM
+    cluster = replace(BASE, slots_per_node=1, agent_loads=True, dram_lease_while_live=True,
+                      dram_cache_gb=A.size_bytes / GB, keep_alive_s=100.0)
+    wl = workload([A, B], [(0.0, 0, 1.0), (20.0, 1, 1.0)])
+    assert served(wl, cluster)[1][0] is LoadTier.REGISTRY
+    assert served(wl, replace(cluster, evicted_lease_hold_s=30.0))[1][0] is LoadTier.LOCAL
