@@ -109,7 +109,10 @@ class ContainerPool:
                 self.executor.submit(self._init, container, action, "prewarm")
             elif choice.outcome in (Outcome.COLD, Outcome.EVICT):
                 for victim in choice.evict:
-                    self.remove(victim, graceful=False)
+                    # graceful: the victim is idle, so its drain is immediate, and a runtime stopped by
+                    # SIGTERM gives its cache-agent lease back (SIGKILL left the checkpoint pinned in
+                    # DRAM for the lease TTL: sim_validate's finding)
+                    self.remove(victim, graceful=True)
                 container = Container(self._new_id(), action.limits.memory, action)
                 self.containers[container.id] = container
                 self.executor.submit(self._start_and_init, container, action)
