@@ -205,7 +205,7 @@ def simulate(seq: Sequence[tuple[float, int, int]], models: int, nbytes: int, ca
         dram_cache_gb=dram_fit * nbytes / GB, ssd_cache_gb=args.ssd_models * nbytes / GB,
         bw_dram=bw["dram"], bw_ssd=bw["ssd"], bw_registry=bw["registry"], keep_alive_s=args.keep_alive,
         ssd_replicas=0, start_overhead_s=calib["start_overhead_s"], dram_lease_while_live=True, agent_loads=True,
-        evicted_lease_hold_s=args.lease_ttl,
+        evicted_lease_hold_s=args.evicted_lease_hold,
     )
     specs = tuple(ModelSpec(f"v{m}", nbytes / (2 * GB)) for m in range(models))
     a, b = calib["run_a_s"], calib["run_b_s_per_token"]
@@ -287,9 +287,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calib-reps", type=int, default=2)
     parser.add_argument("--warmup", type=float, default=0.1, help="share of requests not counted")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lease-ttl", type=float, default=30.0,
-                        help="the cache agent's lease_ttl_s (its default): how long an evicted (killed) "
-                             "instance's DRAM lease lasts")
+    parser.add_argument("--evicted-lease-hold", type=float, default=0.0,
+                        help="how long an evicted instance's DRAM lease outlives it: 0 since ed82778 (the "
+                             "invoker evicts an idle victim with SIGTERM and its runtime releases the lease); "
+                             "30 (the agent's lease_ttl_s) models the SIGKILL eviction before it")
     parser.add_argument("--tick", type=float, default=1.0,
                         help="the invoker's scheduling tick (heartbeat_interval_s, its default) in the simulator")
     parser.add_argument("--resimulate", type=Path, default=None,
