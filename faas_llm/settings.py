@@ -78,7 +78,8 @@ class Settings(BaseModel):
         8080, ge=1, le=65535, json_schema_extra={"env": "PORT"},
         description="Port an action runtime listens on (Knative's $PORT).",
     )
-    runtime_threads: int = Field(8, ge=1, le=256, description="gunicorn threads of an action runtime.")
+    runtime_threads: int = Field(8, ge=1, le=256,
+                                 description="Requests an action runtime handles at once (its HTTP server's threads).")
     runtime_drain_s: float = Field(30.0, ge=0, description="Grace period to drain in-flight runs on SIGTERM.")
     runtime_torch_threads: int = Field(
         0, ge=0, description="torch intra-op threads (0: chosen by the model's size, see "

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,26 +42,33 @@ def wait_healthy(base: str, proc: subprocess.Popen[bytes] | None = None, timeout
     raise RuntimeError(f"gateway at {base} not healthy after {timeout} s")
 
 
+@contextmanager
+def gunicorn_process(settings: Settings, log_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``python -m gateway`` with ``settings`` (logging to ``log_path``), healthy; yields its base URL
+    and process, and stops it (SIGTERM, then SIGKILL after 30 s) on exit."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway"], env=child_environ(settings), cwd=REPO,
+                                stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://{settings.gateway_host}:{settings.gateway_port}"
+        try:
+            wait_healthy(base, proc)
+            yield base, proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 @pytest.fixture(scope="session")
 def gunicorn_gateway(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``python -m gateway`` (gunicorn, gthread, 2 workers) on a free port; yields its base URL."""
     settings = Settings(redis_url=redis_server.url, data_dir=tmp_path_factory.mktemp("gw"),
                         gateway_port=free_port(), gateway_workers=2, gateway_threads=8, log_level="WARNING")
-    log = (tmp_path_factory.mktemp("gw-log") / "gunicorn.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway"], env=child_environ(settings), cwd=REPO,
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://{settings.gateway_host}:{settings.gateway_port}"
-    try:
-        wait_healthy(base, proc)
+    with gunicorn_process(settings, tmp_path_factory.mktemp("gw-log") / "gunicorn.log") as (base, _proc):
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 class ThreadServer:

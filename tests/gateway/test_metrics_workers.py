@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,8 +14,8 @@ import psutil
 import requests
 
 from faas_llm.redis_server import RedisServer, free_port
-from faas_llm.settings import Settings, child_environ
-from tests.gateway.conftest import REPO, wait_healthy
+from faas_llm.settings import Settings
+from tests.gateway.conftest import gunicorn_process, wait_healthy
 
 HEALTH = re.compile(r'^faas_gateway_requests_total\{method="GET",route="/health",status="200"\} (\S+)$', re.M)
 
@@ -43,12 +41,7 @@ def test_metrics_sum_every_gunicorn_worker(redis_server: RedisServer, tmp_path: 
     metrics_dir = settings.gateway_metrics_path
     metrics_dir.mkdir(parents=True)
     (metrics_dir / "counter_999999.db").write_bytes(b"stale")  # a previous run's file: must be emptied at start
-    log = (tmp_path / "gunicorn.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway"], env=child_environ(settings), cwd=REPO,
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://{settings.gateway_host}:{settings.gateway_port}"
-    try:
-        wait_healthy(base, proc)
+    with gunicorn_process(settings, tmp_path / "gunicorn.log") as (base, proc):
         assert not (metrics_dir / "counter_999999.db").exists()
         before = health_count(base)
         sent = 0
@@ -80,11 +73,3 @@ def test_metrics_sum_every_gunicorn_worker(redis_server: RedisServer, tmp_path: 
         for _ in range(10):
             fresh_get(f"{base}/health")
         assert health_count(base) == after_restart + 10
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
