@@ -116,6 +116,10 @@ def test_kill9_of_the_celery_worker_mid_task(rel: RelCluster) -> None:
     agent = rel.service("cache-agent")
     worker = rel.service("worker")
     status = ModelStatusStore(rel.r, rel.store.keys)
+    # the prefetch policy (every tick, after the earlier tests' invocations) may have sent a prefetch of
+    # the model: it would take the worker's one slot and hang on the stopped agent before ours starts
+    wait_for("the worker to be idle", lambda: not any(s.state in ("queued", "running")
+                                                      for s in status.get("tiny").values()), 60)
     agent.send_signal(signal.SIGSTOP)  # the prefetch now hangs inside the worker, mid-task
     try:
         out = rel.up.cli.ok("model", "prefetch", "tiny", "--node", "node0", "--tier", "ssd", "--json").json()
