@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,12 +52,19 @@ end
 """
 COMPLETE_SCRIPT = _STORE_RECORD + "return stored\n"
 #: :data:`COMPLETE_SCRIPT`, then KEYS[7] the stream, KEYS[8] the run claim; ARGV[5] the consumer
-#: group, ARGV[6] the entry id, ARGV[7] the consumer whose claim is released
+#: group, ARGV[6] the entry id, ARGV[7] the consumer whose claim is released. Optional KEYS[9]: the
+#: running-run registry entry (deleted) and KEYS[10..]: node running sets (the activation id removed).
 COMPLETE_AND_ACK_SCRIPT = _STORE_RECORD + """
 redis.call('xack', KEYS[7], ARGV[5], ARGV[6])
 redis.call('xdel', KEYS[7], ARGV[6])
 if redis.call('get', KEYS[8]) == ARGV[7] then
   redis.call('del', KEYS[8])
+end
+if #KEYS >= 9 then
+  redis.call('del', KEYS[9])
+  for i = 10, #KEYS do
+    redis.call('zrem', KEYS[i], ARGV[4])
+  end
 end
 return stored
 """
@@ -141,13 +148,20 @@ class ActivationStore:
         return bool(self._complete(keys=keys, args=args))
 
     def complete_and_ack(self, record: ActivationRecord, queue: str, group: str, entry_id: str,
-                         claim: str, consumer: str) -> bool:
+                         claim: str, consumer: str, ran_on: Sequence[str] = ()) -> bool:
         """:meth:`complete`, then ``XACK`` + ``XDEL`` of the invocation's stream entry and the release
         of the run claim ``claim`` if ``consumer`` holds it, in one script (one round trip). The ack
         comes after the record in the script, so a failure part-way never acks an entry whose
-        record is not stored (a redelivery finds the record and only acks)."""
+        record is not stored (a redelivery finds the record and only acks).
+
+        ``ran_on``: the nodes the run was registered on (``keys.node_running``); the same script then
+        removes the run from the running-run registry (``keys.activation_running`` and those sets)."""
         keys, args = self._complete_call(record)
-        return bool(self._complete_and_ack(keys=[*keys, queue, claim], args=[*args, group, entry_id, consumer]))
+        keys += [queue, claim]
+        if ran_on:
+            aid = record.activationId
+            keys += [self.keys.activation_running(aid), *(self.keys.node_running(n) for n in dict.fromkeys(ran_on))]
+        return bool(self._complete_and_ack(keys=keys, args=[*args, group, entry_id, consumer]))
 
     def _complete_call(self, record: ActivationRecord) -> tuple[list[str], list[Any]]:
         k = self.keys

@@ -7,9 +7,10 @@ For an entry:
 1. a record already stored (a redelivery of a finished activation): ack and drop it;
 2. take the activation's run claim (``keys.activation_claim``, ``SET NX`` with a lease); if
    another live consumer holds it, leave the entry pending (the reclaimer revisits it);
+   (with 1. and the run's registration, one script: :mod:`invoker.claims`);
 3. run it (``POST /run``; tokens of a streamed run go to the activation's token stream);
-4. store the record (exactly once: ``SET NX``), then ``XACK`` + ``XDEL`` the entry and drop the
-   claim, in one script (:meth:`ActivationStore.complete_and_ack`).
+4. store the record (exactly once: ``SET NX``), then ``XACK`` + ``XDEL`` the entry, drop the
+   claim and unregister the run, in one script (:meth:`ActivationStore.complete_and_ack`).
 
 While a run is in flight the heartbeat renews its lease (``XCLAIM ... JUSTID`` resets the
 entry's idle time; the claim key's TTL is extended), so only entries of dead consumers
@@ -34,10 +35,9 @@ from faas_llm.activations import ActivationStore
 from faas_llm.errors import ActivationStatus, DeveloperError
 from faas_llm.keys import Keys
 from faas_llm.migration_slots import LeasedSlots, LeaseSet
-from faas_llm.popularity import record_invocation
 from faas_llm.settings import Settings
 from faas_llm.types import ActivationRecord, Invocation, Limits, LoadTier, now_ms
-from invoker import replay, runtime_client, streams
+from invoker import claims, replay, runtime_client, streams
 from invoker.cluster import ActionCache
 from invoker.container import Container
 from invoker.metrics import InvokerMetrics
@@ -95,6 +95,8 @@ class Dispatcher:
         self.run_seconds: dict[tuple[str, str], float] = {}  # EWMA of run durations per action
         self.threads: list[threading.Thread] = []
         self.leases = LeaseSet()  # slot leases held by migrated runs of this invoker (renewed every heartbeat)
+        self.claims = claims.RunClaims(r, keys, consumer, self.group, settings.claim_idle_ms,
+                                       settings.prefetch_window_s)
 
     # --- workers ------------------------------------------------------------------------
     def start_workers(self, container: Container) -> None:
@@ -168,47 +170,46 @@ class Dispatcher:
             return
         aid = inv.activation_id
         claim = self.keys.activation_claim(aid)
-        # one round trip: is a record stored already, take the run claim, and who holds it
-        pipe = self.r.pipeline(transaction=False)
-        pipe.exists(self.keys.activation(aid))
-        pipe.set(claim, self.consumer, nx=True, px=self.settings.claim_idle_ms)
-        pipe.get(claim)
-        finished, took, owner = pipe.execute()
-        if finished:
-            if took:
-                self.r.delete(claim)
-            streams.ack_delete(self.r, queue, self.group, entry_id)
+        # one round trip (invoker.claims): is a record stored already (then ack + delete), take the run
+        # claim, and register the run (unless its deadline has passed: it gets a timeout record, no run)
+        run = None if now_ms() >= inv.deadline_ms else self._run_fields(container, inv)
+        taken = self.claims.claim(aid, queue, entry_id, run)
+        if taken.outcome == claims.FINISHED:
             return
-        if not took and owner != self.consumer:
-            log.info("activation %s is claimed by %s; leaving entry %s pending", aid, owner, entry_id)
+        if taken.outcome == claims.HELD:
+            log.info("activation %s is claimed by %s; leaving entry %s pending", aid, taken.owner, entry_id)
             return
         with self._lock:
             self.in_flight[entry_id] = InFlight(queue, entry_id, aid)
         try:
             try:
-                record = self.execute(container, inv, streams.attempt_of(fields), release_early)
+                record, ran_on = self.execute(container, inv, streams.attempt_of(fields), release_early, run)
             except Abandoned:
                 log.warning("abandoning %s on shutdown; it will be reclaimed and run elsewhere", aid)
                 if self.r.get(claim) == self.consumer:
                     self.r.delete(claim)
                 return
-            # the record (exactly once: SET NX), then the ack + delete of the entry and the release of
-            # our claim, in one script: the entry is never acked without its record stored
-            if not self.store.complete_and_ack(record, queue, self.group, entry_id, claim, self.consumer):
+            # the record (exactly once: SET NX), then the ack + delete of the entry, the release of our
+            # claim and the run's unregistration, in one script: the entry is never acked without its
+            # record stored
+            if not self.store.complete_and_ack(record, queue, self.group, entry_id, claim, self.consumer, ran_on):
                 log.info("activation %s already had a record; this run's result is dropped", aid)
         finally:
             with self._lock:
                 self.in_flight.pop(entry_id, None)
 
     def execute(self, container: Container, inv: Invocation, attempt: int = 1,
-                release_early: Callable[[], None] | None = None) -> ActivationRecord:
+                release_early: Callable[[], None] | None = None, run: dict[str, Any] | None = None
+                ) -> tuple[ActivationRecord, list[str]]:
+        """Run ``inv`` on ``container``; the record and the nodes the run is registered on (``run``: its
+        registry fields, written by the claim; ``None``: its deadline had passed, it does not run)."""
         action = self.actions.get(inv.namespace, inv.action)
         limits = action.limits if action else Limits()
         node = self.settings.node_id
         assert container.handle is not None
-        if now_ms() >= inv.deadline_ms:
+        if run is None:
             return failure_record(inv, ActivationStatus.DEVELOPER_ERROR, timeout_message(limits), node, now_ms(),
-                                  timed_out=True, limits=limits)
+                                  timed_out=True, limits=limits), []
         cold = container.take_cold()
         collect_logs = container.concurrency == 1
         if collect_logs:
@@ -238,7 +239,7 @@ class Dispatcher:
         start_ms = now_ms()
         broken = False
         timed_out = False
-        running = self._register_run(container, inv)
+        running = migration.RunningRun.model_construct(**run)  # what a migration hands off (fields made here)
         handoff: migration.Handoff | None = None
         outcome: runtime_client.RunOutcome
         handed_off = False
@@ -266,9 +267,10 @@ class Dispatcher:
             log.warning("container %s died running %s: %s", container.id, inv.activation_id, exc)
             outcome = runtime_client.RunOutcome(ActivationStatus.DEVELOPER_ERROR,
                                                 {"error": DeveloperError.default_message})
-        migration.unregister_run(self.r, self.keys, inv.activation_id, [node, *(handoff.nodes if handoff else [])])
+        ran_on = [node, *(handoff.nodes if handoff else [])]  # unregistered with the record (complete_and_ack)
         end_ms = now_ms()
         if broken and self.stopping.is_set():
+            migration.unregister_run(self.r, self.keys, inv.activation_id, ran_on)
             raise Abandoned(inv.activation_id)
         if not timed_out and outcome.status is ActivationStatus.DEVELOPER_ERROR and end_ms >= inv.deadline_ms:
             timed_out = True
@@ -295,23 +297,18 @@ class Dispatcher:
         if (broken or not alive) and not handed_off:
             self.pool.replace(container)
         record = build_record(inv, facts, limits)
-        return handoff.annotate(record) if handoff is not None else record
+        return (handoff.annotate(record) if handoff is not None else record), ran_on
 
-    def _register_run(self, container: Container, inv: Invocation) -> migration.RunningRun:
-        """Say where the activation runs (what a live migration moves) and count it for the prefetch policy."""
+    def _run_fields(self, container: Container, inv: Invocation) -> dict[str, Any]:
+        """Where the activation runs (what a live migration moves; the model's popularity is counted with it):
+        :class:`faas_llm.migration.RunningRun`'s fields, in its order."""
         assert container.handle is not None
-        model = container.action.exec.model if container.action else ""
-        run = migration.RunningRun(activation_id=inv.activation_id, node=self.settings.node_id, container=container.id,
-                                   url=container.handle.url, namespace=inv.namespace, action=inv.action, model=model,
-                                   deadline_ms=inv.deadline_ms, started_ms=now_ms(), max_tokens=_max_tokens(inv.params))
-        try:  # one round trip for both
-            pipe = self.r.pipeline(transaction=True)
-            migration.register_run(self.r, self.keys, run, pipe=pipe)
-            record_invocation(self.r, self.keys, model, self.settings.prefetch_window_s, pipe=pipe)
-            pipe.execute()
-        except redis.RedisError as exc:
-            log.warning("could not register run %s: %s", inv.activation_id, exc)
-        return run
+        return {
+            "activation_id": inv.activation_id, "node": self.settings.node_id, "container": container.id,
+            "url": container.handle.url, "namespace": inv.namespace, "action": inv.action,
+            "model": container.action.exec.model if container.action else "", "deadline_ms": inv.deadline_ms,
+            "started_ms": now_ms(), "max_tokens": _max_tokens(inv.params),
+        }
 
     def _finish_stream(self, inv: Invocation, outcome: runtime_client.RunOutcome) -> None:
         done: dict[str, Any] = {"done": True}

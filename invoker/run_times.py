@@ -94,8 +94,8 @@ class RecordingStore(ActivationStore):
         return stored
 
     def complete_and_ack(self, record: ActivationRecord, queue: str, group: str, entry_id: str,
-                         claim: str, consumer: str) -> bool:
-        stored = super().complete_and_ack(record, queue, group, entry_id, claim, consumer)
+                         claim: str, consumer: str, ran_on: Sequence[str] = ()) -> bool:
+        stored = super().complete_and_ack(record, queue, group, entry_id, claim, consumer, ran_on)
         if stored:
             self._saw(record)
         return stored
