@@ -37,7 +37,7 @@ from faas_llm.placement import LocalityPolicy, PlacementPolicy, make_policy
 BASELINES = ("random", "round-robin", "hash", "least-loaded", "serverlessllm")
 #: ablations: ServerlessLLM's rule with our keep-alive; ours as it was before (mean estimate, no margin, 60 s)
 ABLATIONS = ("serverlessllm+keep", "locality-v0")
-OURS = ("locality-nowarm", "locality-ka60", "locality", "locality+migration")
+OURS = ("locality-nowarm", "locality-ka60", "locality-nostarting", "locality", "locality+migration")
 #: references, not schedulers: ours with true run times (same cluster), and the provable lower bound
 REFERENCES = ("clairvoyant", "lower-bound")
 ALL_POLICIES = (*BASELINES, *ABLATIONS, *OURS, *REFERENCES)
@@ -62,14 +62,19 @@ def make_runner(name: str, cfg: Config) -> tuple[PlacementPolicy, MigrationHook 
     """(policy, migration hook, Simulator options) for a policy name of this bench.
 
     Ours (``locality``): the placement rule of faas_llm.placement with the tail-aware busy-instance
-    estimate and the warm-wait margin, and the pool's keep-alive until the slot is needed
-    (faas_llm.pool_policy.keep_alive_removals). Every other policy gets the cluster's fixed keep-alive.
+    estimate and the warm-wait margin, the pool's keep-alive until the slot is needed
+    (faas_llm.pool_policy.keep_alive_removals), and instances still starting counted as future servers of
+    the queue (faas_llm.placement.starting_free; ``locality-nostarting`` without). Every other policy gets
+    the cluster's fixed keep-alive.
     """
-    ours: dict[str, Any] = {"tail_estimate": True, "keep_until_needed": True, "max_idle_s": cfg.max_idle_s}
+    ours: dict[str, Any] = {"tail_estimate": True, "keep_until_needed": True, "max_idle_s": cfg.max_idle_s,
+                            "starting_as_servers": True}
     if name == "clairvoyant":
         return LocalityPolicy(name=name, warm_z=0.0), None, {**ours, "clairvoyant": True}
     if name == "locality-nowarm":
         return LocalityPolicy(name=name, use_warm=False), None, ours
+    if name == "locality-nostarting":
+        return LocalityPolicy(name=name), None, {**ours, "starting_as_servers": False}
     if name == "locality-ka60":
         return LocalityPolicy(name=name), None, {**ours, "keep_until_needed": False}
     if name == "locality":

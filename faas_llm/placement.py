@@ -27,7 +27,11 @@ Policies (``settings.placement_policy`` names one; :func:`make_policy`):
     Callers that know an action's run-time distribution estimate a busy instance's
     free time with :meth:`RunTimeDistribution.expected_remaining` (``E[R - a | R > a]``
     for an instance that has run ``a`` s, rather than "mean - a") and its spread with
-    :meth:`RunTimeDistribution.remaining_variance`.
+    :meth:`RunTimeDistribution.remaining_variance`. An instance still *starting* is a
+    future server too (:func:`starting_free`): it covers one queued request when its load is
+    done and is free one run later; a view that lists it among the busy instances
+    (``views_from_reports(starting_as_busy=True)``) lets a deep queue wait for the starts
+    already under way instead of starting one more load per queued request.
 ``serverlessllm``
     ServerlessLLM's storage-aware rule: among nodes with a free slot and a local
     copy, DRAM costs ``size / bw_dram`` (no queue), SSD costs
@@ -52,6 +56,7 @@ costs (same cost model as ``locality``), so a simulator can compare them.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import math
 import random
@@ -238,6 +243,21 @@ class RunTimeDistribution:
             return self.variance
         mean = self._suffix[i] / longer
         return max(0.0, self._suffix2[i] / longer - mean * mean)
+
+
+def starting_free(load_left_s: float, run_s: float, run_sd: float = 0.0) -> tuple[float, float]:
+    """(expected seconds, standard deviation) until an instance that is still starting could take a request
+    beyond the one it covers: its load is done in ``load_left_s``, then it runs one queued request (``run_s``
+    expected, ``run_sd`` its deviation). As a busy instance's, so a policy can book waits on it."""
+    return max(0.0, load_left_s) + max(0.0, run_s), max(0.0, run_sd)
+
+
+def starting_load_left(request: PlacementRequest, node: NodeView) -> float:
+    """Seconds until a start of ``request`` already under way on ``node`` is loaded, when its progress is
+    unknown: done by the time the node's queue of pending loads (which counts it) drains, and no sooner
+    than its own boot and load from the fastest tier holding the checkpoint."""
+    own = load_estimate(request, dataclasses.replace(node, queue_s=0.0, queue_bytes=0))[0]
+    return max(node.queue_seconds(), own)
 
 
 def warm_wait_bounded(node: NodeView, z: float) -> tuple[float, float] | None:
@@ -435,6 +455,7 @@ def views_from_reports(
     boot_s: float = 0.0,
     run_times: RunTimeDistribution | None = None,
     busy_elapsed_s: Mapping[str, Sequence[float]] | None = None,
+    starting_as_busy: bool = False,
 ) -> list[NodeView]:
     """Node views for ``request`` from node reports and cache inventories (pure).
 
@@ -449,6 +470,11 @@ def views_from_reports(
     id -> seconds each of its runs has lasted; a container missing from it: a run just started), and
     the views carry the spread (``warm_busy_sd_s``), as the simulator's "ours" builds them; without it,
     ``expected_run_s`` as above and no spread (the plain comparison).
+
+    With ``starting_as_busy`` the action's own ``STARTING`` containers are listed among the busy
+    instances too, free after :func:`starting_load_left` and one run (:func:`starting_free`): a queued
+    request can wait for a start already under way (each start covers one request; the autoscaler counts
+    them as instances).
     """
     sizes = model_sizes or {}
     elapsed = busy_elapsed_s or {}
@@ -471,7 +497,7 @@ def views_from_reports(
         queue_bytes = sum(sizes.get(c.model or "", request.size_bytes) for c in starting)
         if inv is not None:
             queue_bytes += inv.pending_bytes
-        views.append(NodeView(
+        view = NodeView(
             node=report.node,
             # idle and prewarmed containers are reclaimable (the pool evicts LRU idle ones)
             free_slots=max(0, report.max_containers - len(occupied)),
@@ -488,7 +514,15 @@ def views_from_reports(
             draining=report.draining,
             boot_s=boot_s,
             prewarmed=sum(1 for c in live if c.state is ContainerState.PREWARMED),
-        ))
+        )
+        coming = sum(1 for c in mine if c.state is ContainerState.STARTING)
+        if starting_as_busy and coming:
+            run_s, run_sd = (run_times.mean, math.sqrt(run_times.variance)) if run_times is not None \
+                else (expected_run_s, 0.0)
+            e, sd = starting_free(starting_load_left(request, view), run_s, run_sd)
+            view = dataclasses.replace(view, warm_busy_free_s=(*busy, *([e] * coming)),
+                                       warm_busy_sd_s=(*busy_sd, *([sd] * coming)) if run_times is not None else ())
+        views.append(view)
     return views
 
 

@@ -48,6 +48,9 @@ class Instance:
     #: a migration destination: the source instance it takes over, and its resume seconds
     takes_over: int | None = None
     resume_s: float = 0.0
+    #: when a starting instance is loaded, as computed at its start (queue ahead + size / bandwidth: what the
+    #: placement estimated); with ``ClusterSpec.agent_loads`` only the boot's end (the load is decided later)
+    ready_at: float = 0.0
     #: holds a lease on its checkpoint in the node's DRAM tier (``ClusterSpec.dram_lease_while_live``)
     leased: bool = False
     #: joined another start's load of its model (single flight): holds no pin of its own

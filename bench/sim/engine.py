@@ -19,9 +19,10 @@ instances are kept ``keep_alive_s`` (or, with ``keep_until_needed``, until their
 ``max_idle_s``: the real :func:`faas_llm.pool_policy.keep_alive_removals`) and are evicted
 least-recently-used (the real :func:`faas_llm.pool_policy.lru_victims`) when a start needs their room.
 ``tail_estimate`` gives the policy busy instances' free times from each model's run-time distribution
-(:class:`faas_llm.placement.RunTimeDistribution`); ``cluster.start_overhead_s`` adds a fixed runtime
-boot/init time to every new instance (0 in the comparison; measured in ``bench/sim_validate.py``). Policies see
-exactly what the invoker's views carry, built with the real
+(:class:`faas_llm.placement.RunTimeDistribution`); ``starting_as_servers`` lists the model's starting instances
+among them (free after their load and one run: :func:`faas_llm.placement.starting_free`);
+``cluster.start_overhead_s`` adds a fixed runtime boot/init time to every new instance (0 in the comparison;
+measured in ``bench/sim_validate.py``). Policies see exactly what the invoker's views carry, built with the real
 :class:`~faas_llm.placement.NodeView`.
 """
 
@@ -38,7 +39,14 @@ from dataclasses import dataclass, field
 from bench.sim.cluster import Instance, InstState, Node
 from bench.sim.costs import ClusterSpec, GpuModel
 from bench.sim.workload import Request, Workload, expected_run_s, run_distributions
-from faas_llm.placement import Decision, NodeView, PlacementPolicy, PlacementRequest, RunTimeDistribution
+from faas_llm.placement import (
+    Decision,
+    NodeView,
+    PlacementPolicy,
+    PlacementRequest,
+    RunTimeDistribution,
+    starting_free,
+)
 from faas_llm.pool_policy import PoolCapacity, has_room, keep_alive_removals, lru_victims
 from faas_llm.types import LoadTier
 
@@ -85,6 +93,7 @@ class Simulator:
         keep_until_needed: bool = False,
         max_idle_s: float = 3600.0,
         tail_estimate: bool = False,
+        starting_as_servers: bool = False,
         tick_s: float | None = None,
         warming: bool = False,
     ) -> None:
@@ -114,6 +123,10 @@ class Simulator:
         #: busy instances' free times from each model's run-time distribution given the time run so far
         #: (faas_llm.placement.RunTimeDistribution), instead of "mean minus elapsed"
         self.run_dists = run_distributions(workload, cluster, gpu) if tail_estimate else None
+        #: instances still loading count as future servers in the warm-wait estimate (free after their load and
+        #: the one queued run each covers), as :func:`faas_llm.placement.views_from_reports` builds them with
+        #: ``starting_as_busy``; off: only busy instances can be waited for
+        self.starting_as_servers = starting_as_servers
         #: the real invoker's scheduling (invoker/scheduler.py, invoker/coldwatch.py): an arrival for a model with no
         #: instance (none idle, busy or starting) is placed at once; every other placement, the re-decision of the
         #: waits for busy warm instances and the retries of blocked models happen on its periodic tick (``tick_s``
@@ -270,13 +283,18 @@ class Simulator:
         """
         per_node: list[list[tuple[float, float]]] = [[] for _ in self.nodes]
         busy = [i for i in self.busy[m].values() if i.evict_for is None]
-        if not busy:
+        starting = self._starting_of(m) if self.starting_as_servers else []
+        if not busy and not starting:
             return per_node
         run, run_var = self.expected_run[m], 0.0
         dist = self.run_dists[m] if self.run_dists is not None else None
         if dist is not None:
             run, run_var = dist.mean, dist.variance  # a queued request's run, not yet started
         heap = [(*self._busy_end(i, run, dist), i.node) for i in busy]
+        # a starting instance is free after its load and the run of the queued request it covers
+        for i in starting:
+            e, sd = starting_free(i.ready_at - self.now, run, math.sqrt(run_var))
+            heap.append((self.now + e, sd * sd, i.node))
         heapq.heapify(heap)
         queued = list(itertools.islice(self.queue[m], self.claims[m])) if self.clairvoyant else []
         for k in range(self.claims[m]):
@@ -288,6 +306,12 @@ class Simulator:
         for t, var, node in heap:
             per_node[node].append((t - self.now, math.sqrt(var)))
         return per_node
+
+    def _starting_of(self, m: int) -> list[Instance]:
+        """Instances of ``m`` loading to serve its queue (not migration targets), if any are starting."""
+        if not self.starting[m]:
+            return []
+        return [i for n in self.nodes for i in n.instances.values() if i.model == m and i.state is InstState.STARTING]
 
     def _busy_end(self, inst: Instance, run: float, dist: RunTimeDistribution | None) -> tuple[float, float]:
         """(when a busy instance is expected free, the variance): its true end (clairvoyant), the tail-aware
@@ -381,6 +405,7 @@ class Simulator:
             end += self.cluster.start_overhead_s
         state = InstState.MIGRATING_IN if migrating else InstState.STARTING
         inst = Instance(next(self._ids), m, n, memory, state, tier)
+        inst.ready_at = end
         inst.last_used = self.now
         self.instances[inst.id] = inst
         node.instances[inst.id] = inst
