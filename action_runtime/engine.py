@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from action_runtime.control import RunControl
+from action_runtime.leanforward import LeanLlama, lean_forward_for
 from action_runtime.loading import LoadedModel
 from action_runtime.prefill import PrefillSessions, PrefillState
 from action_runtime.sampling import choose_token, new_seed
@@ -124,7 +125,9 @@ def new_cache(config: Any) -> Any:
 class Engine:
     """Generation on one loaded model. Thread-safe: each run has its own cache."""
 
-    def __init__(self, loaded: LoadedModel, prefill_capacity: int = 4) -> None:
+    def __init__(self, loaded: LoadedModel, prefill_capacity: int = 4, lean: bool = False) -> None:
+        """``lean``: try the lean forward (:mod:`action_runtime.leanforward`) for this model; it serves
+        only where it matches the model's own forward bit for bit, else the plain forward does."""
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -138,6 +141,13 @@ class Engine:
         self._cache_arg = "cache" if "cache" in accepted else "past_key_values"
         self._keep_last_logits = "logits_to_keep" in accepted
         self.sessions = PrefillSessions(prefill_capacity)
+        self.lean: LeanLlama | None = None
+        if lean:
+            self.lean = lean_forward_for(self.model, lambda: new_cache(self.model.config), self._cache_arg)
+
+    def new_cache(self) -> Any:
+        """An empty KV cache for :meth:`_forward` (the lean forward's own, or a ``DynamicCache``)."""
+        return self.lean.new_cache() if self.lean is not None else new_cache(self.model.config)
 
     # --- validation --------------------------------------------------------------------
     def _check_ids(self, ids: list[int], what: str) -> None:
@@ -192,6 +202,9 @@ class Engine:
 
     # --- the model ---------------------------------------------------------------------
     def _forward(self, ids: list[int], cache: Any) -> torch.Tensor:
+        if self.lean is not None:
+            with torch.inference_mode():
+                return self.lean.forward(ids, cache)
         kwargs: dict[str, Any] = {self._cache_arg: cache, "use_cache": True}
         if self._keep_last_logits:
             kwargs["logits_to_keep"] = 1
@@ -207,7 +220,7 @@ class Engine:
             if not rest:
                 return prepared.logits, prepared.cache
             return self._forward(rest, prepared.cache), prepared.cache
-        cache = new_cache(self.model.config)
+        cache = self.new_cache()
         return self._forward(ids, cache), cache
 
     def prefill(self, session: str, token_ids: list[int]) -> int:
@@ -224,7 +237,7 @@ class Engine:
             logits = self._forward(rest, held.cache) if rest else held.logits
             cache = held.cache
         else:
-            cache = new_cache(self.model.config)
+            cache = self.new_cache()
             logits = self._forward(token_ids, cache)
         self.sessions.put(session, PrefillState(list(token_ids), cache, logits))
         return len(token_ids)

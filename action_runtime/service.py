@@ -23,7 +23,7 @@ from action_runtime.handler import Handler, call_handler, compile_handler
 from action_runtime.loading import LoadedModel, ModelSource, ModelSpec, load_model
 from action_runtime.protocol import ExportRequest, InitRequest, InitValue, PrefillRequest, RunRequest
 from action_runtime.responses import encode_result, error_body, run_error_status
-from action_runtime.threads import intra_op_threads, parameter_count
+from action_runtime.threads import intra_op_threads, lean_forward_wanted, parameter_count
 from faas_llm.errors import (
     ConflictError,
     DeveloperError,
@@ -149,7 +149,8 @@ class RuntimeService:
         loaded: LoadedModel = load_model(spec, self.settings, self.sources)
         try:
             self._set_torch_threads(loaded.model)
-            engine = Engine(loaded)
+            lean = lean_forward_wanted(parameter_count(loaded.model), self.settings.runtime_single_thread_below_params)
+            engine = Engine(loaded, lean=lean)
             handler = None
             if value.code and value.code.strip():
                 handler = compile_handler(value.code, value.main, _LLMFacade(self), value.name or "action")

@@ -19,13 +19,16 @@ from faas_llm.settings import Settings
 PROMPT = "The serverless platform"
 
 
-def make_engine(model_dir: Path, tmp_path: Path) -> Engine:
-    return Engine(load_model(ModelSpec(checkpoint=str(model_dir)), Settings(data_dir=tmp_path)))
+def make_engine(model_dir: Path, tmp_path: Path, lean: bool = False) -> Engine:
+    return Engine(load_model(ModelSpec(checkpoint=str(model_dir)), Settings(data_dir=tmp_path)), lean=lean)
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    return make_engine(tiny_model_dir, tmp_path_factory.mktemp("engine"))
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "lean"])
+def engine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Engine:
+    """The tiny Llama on transformers' forward, and on the lean forward (action_runtime/leanforward.py)."""
+    eng = make_engine(tiny_model_dir, tmp_path_factory.mktemp("engine"), lean=request.param)
+    assert (eng.lean is not None) == request.param
+    return eng
 
 
 def run(engine: Engine, value: dict[str, Any], control: RunControl | None = None) -> tuple[GenerationResult,
@@ -52,7 +55,7 @@ def hf_greedy(engine: Engine, prompt_ids: list[int], max_new_tokens: int, **kwar
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
 def test_greedy_equals_transformers_generate(arch: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     fixture = {"llama": "tiny_model_dir", "gpt2": "tiny_gpt2_dir", "opt": "tiny_opt_dir"}[arch]
-    eng = make_engine(request.getfixturevalue(fixture), tmp_path)
+    eng = make_engine(request.getfixturevalue(fixture), tmp_path, lean=True)
     result, events = run(eng, {"prompt": PROMPT, "max_tokens": 40, "temperature": 0})
     prompt_ids = eng.tokenize(parse_generation_params({"prompt": PROMPT}))
     assert result.token_ids == hf_greedy(eng, prompt_ids, 40)
