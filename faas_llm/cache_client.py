@@ -11,9 +11,12 @@ mapped into this process without copying.
 ``acquire`` returns a :class:`CacheLease` (segment path, offset, index); ``lease.tensors()``
 maps the checkpoint's extent of the segment (``MAP_SHARED``, read-only) and views every tensor
 in it. On a pool of 2 MiB pages (the agent reports its page size) the mapping is populated at once
-(``MAP_POPULATE``: ~1,300 entries for 2.6 GB, a few ms); on 4 KiB pages it is lazy, since
-populating ~640,000 entries up front took 0.2-0.9 s on the development VM and first-touch faults
-map 64 KiB at a time (fault-around) during the first forward pass. A background
+(``MAP_POPULATE``: ~1,300 entries for 2.6 GB, a few ms). On 4 KiB pages (~640,000 entries)
+:meth:`CacheClient.load_model` populates it too, but on two threads (``MADV_POPULATE_READ`` per
+64 MiB chunk, tensors in the forward's order) started as soon as the acquire reply arrives, while
+the skeleton builds and the tokenizer loads, and waits for them before it returns the model: left to
+the first forward, the same faults cost it far more than populating up front (``bench/RESULTS.md``,
+issue 11). A background
 thread heartbeats every live lease at a third of its TTL while the client holds one: it ends
 when the last lease is released, when the client closes, or when the client is dropped (the
 thread holds it weakly). When the agent is down,
@@ -100,7 +103,9 @@ class CacheLease:
         """The checkpoint's region: a read-only view of the agent's segment (no copy). ``populate``
         (default: when the pool is on 2 MiB pages) builds the page tables now (MAP_POPULATE): a few
         hundred entries for 2.6 GB on huge pages (~2 ms), so the first forward pays no faults; on
-        4 KiB pages it is ~640,000 entries (0.2-0.9 s measured), left to the first touch instead."""
+        4 KiB pages it is ~640,000 entries (~0.2 s on one thread on a quiet VM), which
+        :meth:`start_populate` builds on background threads instead (the mapping is created once:
+        ``populate`` only counts on the first call)."""
         if populate is None:
             populate = self.reply.page_bytes >= HUGE_PAGE
         if self._mapping is None:
@@ -119,6 +124,18 @@ class CacheLease:
             self._skew = skew
         return memoryview(self._mapping)[self._skew:self._skew + self.reply.nbytes]
 
+    def start_populate(self, threads: int = 2) -> Populating | None:
+        """Map the region (lazily) and start building its page-table entries on ``threads`` background
+        threads (``MADV_POPULATE_READ``, tensors in the forward's order); ``wait()`` on the result
+        before the first forward. None where :func:`populate_policy` says there is nothing to do."""
+        how = populate_policy(self.reply.page_bytes, threads)
+        if how != "threads":
+            return None
+        from faas_llm.checkpoint.region import forward_order_extents, populate_plan
+
+        buffer = self.buffer(populate=False)
+        return Populating(buffer, populate_plan(buffer.nbytes, forward_order_extents(self.index)), threads)
+
     def tensors(self, *, populate: bool | None = None) -> dict[str, Any]:
         """Zero-copy tensors (read-only memory: inference only) for every name of the index."""
         from faas_llm.checkpoint import tensors_from_buffer
@@ -135,6 +152,50 @@ class CacheLease:
     def release(self) -> None:
         """Give the lease back (the mapping stays valid until unused; do not use it after this)."""
         self.client.release(self)
+
+
+def populate_policy(page_bytes: int, threads: int) -> Literal["map", "threads", "lazy"]:
+    """How a runtime maps a lease's pages before its first forward: ``map`` (``MAP_POPULATE`` at mmap:
+    a pool of 2 MiB pages needs a few hundred entries), ``threads`` (4 KiB pages: populated on
+    ``threads`` background threads, overlapped with the build), ``lazy`` (``threads`` 0: faulted in by
+    the first forward)."""
+    if page_bytes >= HUGE_PAGE:
+        return "map"
+    return "threads" if threads > 0 else "lazy"
+
+
+class Populating:
+    """Page-table entries of a mapped region being built on background threads (see
+    :func:`~faas_llm.checkpoint.region.populate`); a failure only logs (the forward faults instead)."""
+
+    def __init__(self, buffer: memoryview, plan: list[tuple[int, int]], threads: int) -> None:
+        self.seconds: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(buffer, plan, threads), name="cache-populate",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, buffer: memoryview, plan: list[tuple[int, int]], threads: int) -> None:
+        from faas_llm.checkpoint.region import populate
+
+        started = time.perf_counter()
+        try:
+            populate(buffer, plan, threads=threads, stop=self._stop)
+        except OSError as exc:
+            log.warning("populating the mapped checkpoint failed (%s): the first forward maps it instead", exc)
+        finally:
+            del buffer
+        self.seconds = time.perf_counter() - started
+
+    def wait(self) -> float | None:
+        """Wait until populated; the seconds it took (from start), or None if it did not finish."""
+        self._thread.join()
+        return self.seconds
+
+    def cancel(self) -> None:
+        """Skip the chunks not started yet and wait for the threads (before unmapping on an error)."""
+        self._stop.set()
+        self._thread.join()
 
 
 @dataclass
@@ -157,8 +218,9 @@ class CacheClient:
     """Talks to the node's cache agent over its unix socket (a connection per call)."""
 
     def __init__(self, settings: Settings, socket_path: Path | None = None, *, timeout_s: float = 600.0,
-                 heartbeat: bool = True) -> None:
+                 heartbeat: bool = True, populate_threads: int = 2) -> None:
         self.settings = settings
+        self.populate_threads = populate_threads  # load_model on a 4 KiB-page pool: see populate_policy
         self.socket_path = socket_path or settings.cache_socket_path
         self.timeout_s = timeout_s
         self._leases: dict[str, CacheLease] = {}
@@ -286,7 +348,8 @@ class CacheClient:
 
         When the agent has to load the checkpoint (SSD or registry), the skeleton is built while
         it reads (as the checkpoint loader does), and ``on_meta(meta_dir)`` runs on that thread
-        too (e.g. to load the tokenizer); on a DRAM hit both happen after the (immediate) reply."""
+        too (e.g. to load the tokenizer); on a DRAM hit both happen after the (immediate) reply, while
+        the mapping is populated on background threads (4 KiB-page pool: :func:`populate_policy`)."""
         started = time.perf_counter()
         early = EarlyBuild(on_meta)
         try:
@@ -296,12 +359,19 @@ class CacheClient:
             if not fallback:
                 raise
             return self._load_local(model, version, started, exc)
+        populating: Populating | None = None
         try:
+            populating = lease.start_populate(self.populate_threads)
             skeleton = early.skeleton_for(lease.reply.meta_dir)
             if skeleton is None and on_meta is not None:
                 on_meta(Path(lease.reply.meta_dir))
             built = lease.model(skeleton=skeleton)
+            if populating is not None:
+                populated_s = populating.wait()
+                log.debug("populated %s's mapping in %s s", model, populated_s)
         except BaseException:
+            if populating is not None:
+                populating.cancel()
             with contextlib.suppress(CacheAgentError):
                 lease.release()
             raise

@@ -108,3 +108,25 @@ def test_registry_model_without_an_agent_from_an_object_store(tmp_path: Path, ti
         assert (settings.node_dir / "registry-fetch" / "demo" / "tiny" / "000001" / "index.json").is_file()
     finally:
         server.stop()
+
+
+def test_cache_client_populates_the_mapping_of_a_4k_page_pool(agent: Settings) -> None:
+    """On a DRAM pool of 4 KiB pages (/dev/shm here) the model comes back with its mapping populated
+    (background threads, MADV_POPULATE_READ), so the first forward faults nothing; with
+    ``populate_threads=0`` it is left to the first forward."""
+    from faas_llm.checkpoint.region import buffer_address
+    from tests.checkpoint.test_populate import resident_kib
+
+    for threads in (2, 0):
+        with CacheClient(agent, populate_threads=threads) as client:
+            loaded = client.load_model("demo/tiny")
+            lease = loaded.lease
+            assert lease is not None and lease.reply.page_bytes == 4096
+            buffer = lease.buffer()
+            resident = resident_kib(buffer_address(buffer), buffer.nbytes) * 1024
+            if threads:
+                assert resident >= buffer.nbytes
+            else:
+                assert resident < buffer.nbytes // 2
+            del buffer
+            loaded.close()
