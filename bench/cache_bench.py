@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,8 @@ def worker_main() -> None:
             del model, buffer
             lease.release()
             del lease
+        elif cmd["op"] == "strategy":
+            out = run_strategy(client, cmd["model"], cmd["strategy"], ids)
         elif cmd["op"] == "loader":
             t0 = time.perf_counter()
             model, stats = load_model(cmd["path"], settings=get_settings())
@@ -94,6 +97,102 @@ def worker_main() -> None:
             del model
         gc.collect()
         print(json.dumps(out), flush=True)
+
+
+STRATEGIES = ("lazy", "map-populate", "populate-1", "populate-2", "overlap-2", "overlap-2-nojoin", "thp-copy")
+
+
+def run_strategy(client: Any, model_name: str, strategy: str, ids: Any) -> dict[str, Any]:
+    """A DRAM-hit cold load as the runtime does it (acquire, map, tokenizer, skeleton, build, first
+    forward), with the mapping of the pool's pages done by ``strategy``:
+
+    - ``lazy``: mapped without populating; the first forward faults the pages in;
+    - ``map-populate``: ``MAP_POPULATE`` at mmap, on this thread;
+    - ``populate-N``: ``MADV_POPULATE_READ`` in 64 MiB chunks on N threads, before the build;
+    - ``overlap-2``: the same on 2 background threads started at the reply, while the tokenizer
+      loads and the skeleton builds; joined before the forward (``CacheLease.start_populate``, as
+      ``CacheClient.load_model`` does it);
+    - ``overlap-2-nojoin``: as ``overlap-2``, chunks in the forward's order, not joined: the forward
+      starts at once and faults whatever is not populated yet;
+    - ``thp-copy``: a private copy into anonymous memory with ``MADV_HUGEPAGE`` (no sharing).
+
+    Then a second forward (the warm speed over that mapping)."""
+    import mmap
+    import resource
+
+    import torch
+
+    from action_runtime.loading import load_tokenizer
+    from faas_llm.checkpoint import build_model, build_skeleton, tensors_from_buffer
+    from faas_llm.checkpoint.region import forward_order_extents, populate, populate_plan
+
+    def cpu() -> tuple[float, int]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+        return usage.ru_utime + usage.ru_stime, usage.ru_minflt
+
+    c0 = cpu()
+    t0 = time.perf_counter()
+    lease = client.acquire(model_name)
+    t1 = time.perf_counter()
+    meta = Path(lease.reply.meta_dir)
+    pop_s: list[float] = []
+    thread = None
+    populating = None
+    copy_region = None
+    buffer = lease.buffer(populate=strategy == "map-populate")
+    if strategy.startswith("populate-"):
+        populate(buffer, threads=int(strategy.split("-")[1]))
+    elif strategy == "overlap-2":  # what CacheClient.load_model does on a 4 KiB-page pool
+        populating = lease.start_populate(2)
+    elif strategy == "overlap-2-nojoin":
+        plan = populate_plan(buffer.nbytes, forward_order_extents(lease.index))
+
+        def bg(view: memoryview = buffer) -> None:
+            s0 = time.perf_counter()
+            populate(view, plan, threads=2)
+            pop_s.append(time.perf_counter() - s0)
+
+        thread = threading.Thread(target=bg)
+        thread.start()
+    elif strategy == "thp-copy":
+        copy_region = mmap.mmap(-1, buffer.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        copy_region.madvise(mmap.MADV_HUGEPAGE)
+        dst = torch.frombuffer(copy_region, dtype=torch.uint8)
+        dst.copy_(torch.frombuffer(buffer, dtype=torch.uint8))
+        del dst
+        buffer = memoryview(copy_region)
+    t2 = time.perf_counter()
+    tokenizer = load_tokenizer(meta)
+    skeleton = build_skeleton(meta)
+    model = build_model(meta, tensors_from_buffer(lease.index, buffer), skeleton=skeleton)
+    t3 = time.perf_counter()
+    if populating is not None:
+        pop_s.append(populating.wait() or 0.0)
+    t4 = time.perf_counter()
+    with torch.inference_mode():
+        model(ids)
+        t5 = time.perf_counter()
+        if thread is not None:
+            thread.join()
+        c5 = cpu()
+        t6 = time.perf_counter()
+        model(ids)
+        t7 = time.perf_counter()
+        c7 = cpu()
+    out = {"strategy": strategy, "tier": lease.tier.value, "acquire_s": t1 - t0, "map_s": t2 - t1,
+           "build_s": t3 - t2, "join_s": t4 - t3, "first_forward_s": t5 - t4, "to_first_token_s": t5 - t0,
+           "second_forward_s": t7 - t6, "background_populate_s": pop_s[0] if pop_s else None,
+           "page_bytes": lease.reply.page_bytes,
+           # CPU seconds (all threads) and minor faults up to the first token, and of the second forward:
+           # less sensitive than wall time to waiting for a core on a shared machine
+           "cold_cpu_s": c5[0] - c0[0], "warm_cpu_s": c7[0] - c5[0], "cold_faults": c5[1] - c0[1],
+           "warm_faults": c7[1] - c5[1]}
+    del model, skeleton, tokenizer, buffer
+    gc.collect()
+    if copy_region is not None:
+        copy_region.close()
+    lease.release()
+    return out
 
 
 def read_paths(ckpt: Path, work: Path, rounds: int) -> None:
@@ -221,6 +320,32 @@ def start_agent(settings: Any, env: dict[str, str], log: Path) -> Proc:
     return agent
 
 
+def strategy_rounds(worker: Proc, client: Any, rounds: int, json_path: Path | None, pool: dict[str, Any],
+                    loads: list[float]) -> None:
+    names = [n for n in ONLY if n]
+    client.prefetch(MODEL, "dram", wait=True)
+    worker.call(op="strategy", model=MODEL, strategy="lazy")  # first DRAM hit in this process: not counted
+    samples: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            got = checked(worker.call(op="strategy", model=MODEL, strategy=name), "dram")
+            got["load1"] = os.getloadavg()[0]
+            print(f"  {got}", flush=True)
+            samples[name].append(got)
+    loads.append(os.getloadavg()[0])
+    keys = ("to_first_token_s", "map_s", "build_s", "join_s", "first_forward_s", "second_forward_s",
+            "background_populate_s")
+    rows = [{"case": n, "n": len(samples[n]), **{k: median([s[k] for s in samples[n]]) for k in keys
+                                                   if samples[n][0].get(k) is not None}} for n in names]
+    print_table(rows, ["case", "n", *keys], title=f"DRAM hit by mapping strategy, {MODEL}, pool {pool}, "
+                                                     f"1-min load {min(loads):.1f}-{max(loads):.1f}")
+    write_json(json_path, rows, samples=samples, pool=pool, load_averages=loads)
+
+
+ONLY: list[str] = list(STRATEGIES)
+
+
 def main() -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--model-dir", type=Path, default=REPO / "bench/out/models/bench")
@@ -230,10 +355,15 @@ def main() -> None:
     parser.add_argument("--registry-repeat", type=int, default=1)
     parser.add_argument("--pool", choices=["shm", "huge"], default="shm",
                         help="DRAM pool on /dev/shm, or on a private tmpfs mounted huge=always (root)")
+    parser.add_argument("--strategies", type=int, metavar="ROUNDS", default=0,
+                        help="only compare how a DRAM-hit load maps the pool's pages (run_strategy), ROUNDS rounds "
+                             "of every strategy, order rotated each round")
+    parser.add_argument("--only", default=",".join(STRATEGIES), help="with --strategies: the strategies to run")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--read-paths", type=int, metavar="ROUNDS", default=0,
                         help="only compare the agent's read by destination page size (root), ROUNDS alternations")
     args = parser.parse_args()
+    ONLY[:] = args.only.split(",")
     if args.worker:
         worker_main()
         return
@@ -296,6 +426,9 @@ def main() -> None:
             client.evict(MODEL, "dram")
             client.evict(MODEL, "ssd")
             samples["registry miss"].append(checked(worker.call(op="acquire", model=MODEL), "registry"))
+        if args.strategies:
+            strategy_rounds(worker, client, args.strategies, args.json, pool_info, loads)
+            return
         path = str(ssd_entry(ssd))
         first_loader = worker.call(op="loader", path=path)  # allocates the loader's region: not counted
 
