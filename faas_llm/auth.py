@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import secrets
 import uuid as uuidlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -29,11 +29,25 @@ _DUMMY_SALT = "0" * 32
 
 
 @dataclass(frozen=True)
+class KeyCheck:
+    """What proves a key is still valid without its secret: its stored hash at its Redis key. A
+    gateway that verified a key earlier hands this to the admission script, which refuses the
+    invocation (401) when the stored hash is gone or changed (the key was revoked)."""
+
+    key: str
+    key_hash: str
+
+
+@dataclass(frozen=True)
 class Identity:
-    """Who is calling: the namespace the key belongs to and the key's uuid."""
+    """Who is calling: the namespace the key belongs to and the key's uuid.
+
+    ``check`` is set when the identity comes from an earlier verification (a gateway worker's cache)
+    and must still be confirmed against Redis before anything is done on its behalf."""
 
     namespace: str
     uuid: str
+    check: KeyCheck | None = field(default=None, compare=False, repr=False)
 
     @property
     def subject(self) -> str:
@@ -141,11 +155,16 @@ class AuthStore:
 
     def verify(self, credentials: Credentials) -> Identity:
         """The identity of valid credentials, else :class:`AuthError` (same error for every failure)."""
-        stored = {_s(k): _s(v) for k, v in (self.r.hgetall(self.keys.auth(credentials.uuid)) or {}).items()}
+        return self.verify_checked(credentials)[0]
+
+    def verify_checked(self, credentials: Credentials) -> tuple[Identity, KeyCheck]:
+        """:meth:`verify`, and the :class:`KeyCheck` that later confirms the key is still valid."""
+        auth_key = self.keys.auth(credentials.uuid)
+        stored = {_s(k): _s(v) for k, v in (self.r.hgetall(auth_key) or {}).items()}
         salt = stored.get("salt", _DUMMY_SALT)
         expected = stored.get("key_hash", "")
         # Hash even for an unknown uuid, so timing says nothing about which uuids exist.
         actual = hash_secret(credentials.secret, salt)
         if not hmac.compare_digest(actual.encode(), expected.encode()) or "namespace" not in stored:
             raise AuthError()
-        return Identity(namespace=stored["namespace"], uuid=credentials.uuid)
+        return Identity(namespace=stored["namespace"], uuid=credentials.uuid), KeyCheck(auth_key, expected)

@@ -29,7 +29,8 @@ from typing import Any
 import redis
 
 from faas_llm.activations import STREAM_FIELD, QueueWrite
-from faas_llm.errors import InternalError, RequestError, ThrottledError
+from faas_llm.auth import KeyCheck
+from faas_llm.errors import AuthError, InternalError, RequestError, ThrottledError
 from faas_llm.keys import Keys
 
 #: the names OpenWhisk uses for the two limits (``wskadmin limits set``)
@@ -82,16 +83,25 @@ def decide(rate_count: int, inflight_count: int, limits: NamespaceLimits) -> Dec
     return Decision(Verdict.ADMIT)
 
 
-#: KEYS: limits hash, in-flight zset, rate window [, pending key, queue stream, queues index [, action]]
+#: KEYS: limits hash, in-flight zset, rate window [, pending key, queue stream, queues index
+#:       [, action, API key hash]]
 #: ARGV: now ms, activation id, expires ms, default rate limit, default concurrency limit
-#:       [, invocation JSON, retention s, stream field [, SHA-1 of the action's JSON]]
+#:       [, invocation JSON, retention s, stream field
+#:        [, SHA-1 of the action's JSON or '', the key's stored hash or '']]
 #: returns {rate count, in-flight count, rate limit, concurrency limit, stream entry id or false};
-#: {-1, 0, 0, 0, the stored action's JSON or false} when the action is not the expected one (no writes)
+#: {-1, 0, 0, 0, the stored action's JSON or false} when the action is not the expected one (no writes);
+#: {-2, 0, 0, 0, false} when the caller's API key is no longer stored as expected (revoked; no writes).
+#: The key is checked first: a revoked key is 401 whatever the action's state.
 ADMIT_SCRIPT = """
 if #KEYS > 6 then
-  local stored = redis.call('get', KEYS[7])
-  if (not stored) or redis.sha1hex(stored) ~= ARGV[9] then
-    return {-1, 0, 0, 0, stored}
+  if ARGV[10] ~= '' and redis.call('hget', KEYS[8], 'key_hash') ~= ARGV[10] then
+    return {-2, 0, 0, 0, false}
+  end
+  if ARGV[9] ~= '' then
+    local stored = redis.call('get', KEYS[7])
+    if (not stored) or redis.sha1hex(stored) ~= ARGV[9] then
+      return {-1, 0, 0, 0, stored}
+    end
   end
 end
 local limits = redis.call('hmget', KEYS[1], 'invocationsPerMinute', 'concurrentInvocations')
@@ -182,25 +192,30 @@ class Limiter:
         self.r.delete(self.keys.namespace_limits(namespace))
 
     def admit(self, namespace: str, activation_id: str, expires_ms: int, now_ms: int,
-              queue: QueueWrite | None = None) -> Admitted:
+              queue: QueueWrite | None = None, key_check: KeyCheck | None = None) -> Admitted:
         """Count one invocation; raise :class:`ThrottledError` (429) if it is over a limit.
 
         An admitted activation stays in flight until it completes or ``expires_ms``. With
-        ``queue``, an admitted invocation is also queued, in the same atomic round trip.
+        ``queue``, an admitted invocation is also queued, in the same atomic round trip. With
+        ``key_check`` (only with ``queue``), the caller's API key is confirmed first, in the same
+        script: :class:`AuthError` (401), and nothing counted or queued, if it was revoked.
         """
-        admitted = self._run(namespace, activation_id, expires_ms, now_ms, queue, None)
+        admitted = self._run(namespace, activation_id, expires_ms, now_ms, queue, None, key_check)
         assert isinstance(admitted, Admitted)  # no expected action: never stale
         return admitted
 
     def admit_if_current(self, namespace: str, activation_id: str, expires_ms: int, now_ms: int,
-                         queue: QueueWrite, action_key: str, digest: str) -> Admitted | StaleAction:
+                         queue: QueueWrite, action_key: str, digest: str,
+                         key_check: KeyCheck | None = None) -> Admitted | StaleAction:
         """:meth:`admit` with ``queue``, only if the action stored at ``action_key`` is the one
         whose JSON has :func:`action_digest` ``digest`` (what the invocation was built from):
-        otherwise nothing is counted or queued and the reply is :class:`StaleAction`."""
-        return self._run(namespace, activation_id, expires_ms, now_ms, queue, (action_key, digest))
+        otherwise nothing is counted or queued and the reply is :class:`StaleAction`. ``key_check``
+        as in :meth:`admit` (checked before the action)."""
+        return self._run(namespace, activation_id, expires_ms, now_ms, queue, (action_key, digest), key_check)
 
     def _run(self, namespace: str, activation_id: str, expires_ms: int, now_ms: int,
-             queue: QueueWrite | None, expect_action: tuple[str, str] | None) -> Admitted | StaleAction:
+             queue: QueueWrite | None, expect_action: tuple[str, str] | None,
+             key_check: KeyCheck | None = None) -> Admitted | StaleAction:
         keys = [self.keys.namespace_limits(namespace), self.keys.inflight(namespace),
                 self.keys.rate_window(namespace, minute_of(now_ms))]
         args: list[Any] = [now_ms, activation_id, expires_ms, self.defaults.invocations_per_minute,
@@ -208,10 +223,15 @@ class Limiter:
         if queue is not None:
             keys += [queue.pending_key, queue.queue, queue.queues_index]
             args += [queue.payload, queue.retention_s, STREAM_FIELD]
-            if expect_action is not None:
-                keys.append(expect_action[0])
-                args.append(expect_action[1])
+            if expect_action is not None or key_check is not None:
+                # an absent check: its key is a placeholder (never read), its ARGV empty
+                keys += [expect_action[0] if expect_action else keys[0], key_check.key if key_check else keys[0]]
+                args += [expect_action[1] if expect_action else "", key_check.key_hash if key_check else ""]
+        elif key_check is not None:
+            raise ValueError("a key check needs a queue write")
         rate_count, inflight_count, rate_limit, conc_limit, entry = self._admit(keys=keys, args=args)
+        if int(rate_count) == -2:
+            raise AuthError()
         if int(rate_count) < 0:
             return StaleAction(entry.decode() if isinstance(entry, bytes) else entry)
         decision = decide(int(rate_count), int(inflight_count),

@@ -13,6 +13,7 @@ from faas_llm.auth import AuthStore
 from faas_llm.keys import Keys
 from faas_llm.limits import Limiter, NamespaceLimits
 from faas_llm.settings import Settings
+from gateway.http_auth import CredentialCache
 from gateway.metrics import GatewayMetrics
 from gateway.services.actions import ActionService
 from gateway.services.invoke import InvokeService
@@ -32,6 +33,8 @@ class Gateway:
     invoker: InvokeService
     openai: OpenAIService
     metrics: GatewayMetrics
+    #: API keys this worker verified (see gateway.http_auth)
+    credentials: CredentialCache
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
@@ -46,7 +49,7 @@ class Gateway:
             settings=settings, redis=client, auth=AuthStore(client, keys), actions=actions,
             activations=activations, limiter=limiter, invoker=invoker,
             openai=OpenAIService(actions, invoker, activations, settings.blocking_wait_max_ms),
-            metrics=GatewayMetrics(settings.gateway_metrics_dir),
+            metrics=GatewayMetrics(settings.gateway_metrics_dir), credentials=CredentialCache(),
         )
 
 

@@ -17,7 +17,8 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from faas_llm.errors import FaasLLMError, InternalError, NotFoundError, PayloadTooLargeError, RequestError
+from faas_llm.errors import AuthError, FaasLLMError, InternalError, NotFoundError, PayloadTooLargeError, RequestError
+from gateway.http_auth import confirm_deferred, forget_deferred
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,15 @@ def transaction_id() -> str:
 
 
 def error_response(exc: FaasLLMError, status: int | None = None) -> Response:
+    if (status or exc.http_status) == 401:
+        forget_deferred()
+    else:
+        try:  # a key taken from the worker's cache is confirmed before any other error is told
+            confirm_deferred()
+        except AuthError as auth_error:
+            exc, status = auth_error, None
+        except Exception:  # e.g. Redis down: the original error stands
+            log.warning("could not confirm the caller's key before an error response", exc_info=True)
     body = openai_error_body(exc) if is_openai_path(request.path) else openwhisk_error_body(exc)
     response = jsonify(body)
     response.status_code = status or exc.http_status

@@ -25,7 +25,8 @@ bp = Blueprint("openwhisk_actions", __name__, url_prefix="/api/v1")
 
 @bp.before_request
 def _authenticate() -> None:
-    authenticate(gateway().auth)
+    gw = gateway()
+    authenticate(gw.auth, gw.credentials)
 
 
 @bp.get("/namespaces")

@@ -22,7 +22,8 @@ bp = Blueprint("openai", __name__, url_prefix="/v1")
 
 @bp.before_request
 def _authenticate() -> None:
-    authenticate(gateway().auth)
+    gw = gateway()
+    authenticate(gw.auth, gw.credentials)
 
 
 @bp.get("/models")

@@ -141,10 +141,10 @@ class InvokeService:
             queue = self.activations.queue_write(invocation)
             if attempt == STALE_RETRIES:
                 # the action changed at every try: queue with the definition just read (no check)
-                self.limiter.admit(namespace, activation_id, expires, start, queue=queue)
+                self.limiter.admit(namespace, activation_id, expires, start, queue=queue, key_check=identity.check)
                 break
             outcome = self.limiter.admit_if_current(namespace, activation_id, expires, start, queue,
-                                                    cached.key, cached.digest)
+                                                    cached.key, cached.digest, identity.check)
             if not isinstance(outcome, StaleAction):
                 break
             cached = self.action_cache.replace(namespace, name, outcome.current)
