@@ -140,7 +140,7 @@ def run(url: str, body: dict[str, Any], deadline_ms: int, on_chunk: TokenSink | 
         raise
 
 
-def _read_stream(resp: http.client.HTTPResponse, started: float, on_chunk: TokenSink | None) -> RunOutcome:
+def _read_stream(resp: keepalive.Response, started: float, on_chunk: TokenSink | None) -> RunOutcome:
     first: float | None = None
     tokens = 0
     for raw in iter(resp.readline, b""):
