@@ -3,6 +3,7 @@ a stream follows the activation's token stream (no HTTP here; the route frames S
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from faas_llm.errors import ActivationStatus, ActivationTimeoutError, FaasLLMErr
 from gateway import openai_mapping as oai
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.services.actions import ActionService
-from gateway.services.invoke import InvokeService, failure_error, record_error
+from gateway.services.invoke import InvokeService, failure_error, record_error, stored_record_error
 
 StreamEvent = dict[str, Any] | FaasLLMError
 
@@ -58,17 +59,18 @@ class OpenAIService:
         aid = submitted.activation_id
         # An LLM's first call may include a cold start: wait the action's timeout, at least the cap.
         wait_ms = max(submitted.action.limits.timeout, self.wait_cap_ms)
-        record = self.invoker.wait(aid, wait_ms, just_queued=True)
-        if record is None:
+        raw = self.invoker.wait_queued_json(aid, wait_ms)
+        if raw is None:
             raise ActivationTimeoutError(
                 f"The activation {aid} did not finish within {wait_ms} ms; "
                 f"see /api/v1/namespaces/_/activations/{aid}"
             )
-        error = record_error(record)
+        record = json.loads(raw)  # as stored: the invoker built it as an ActivationRecord
+        error = stored_record_error(record)
         if error is not None:
             raise error
-        gen = oai.Generation.of(record.response.result)
-        created = record.start // 1000
+        gen = oai.Generation.of(record["response"].get("result"))
+        created = int(record["start"]) // 1000
         if isinstance(req, ChatCompletionRequest):
             return Completed(aid, oai.chat_body(aid, req.model, created, gen))
         prompt = req.prompt_text() if req.echo else ""
