@@ -27,6 +27,11 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 
+#: rotary tables remembered at most (then forgotten all at once): every single position of a
+#: 4k context, or prompts of a few thousand different lengths
+_ROTARY_MEMO = 8192
+
+
 @dataclass
 class LeanCache:
     """Per layer the keys and values so far, ``(1, kv_heads, length, head_dim)``, contiguous."""
@@ -57,10 +62,13 @@ class _Layer:
 def _rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``LlamaRMSNorm.forward``."""
     input_dtype = hidden.dtype
-    hidden = hidden.to(torch.float32)
+    if input_dtype is not torch.float32:  # (``.to`` of a float32 tensor to float32 is the tensor itself)
+        hidden = hidden.to(torch.float32)
     variance = hidden.pow(2).mean(-1, keepdim=True)
     hidden = hidden * torch.rsqrt(variance + eps)
-    return weight * hidden.to(input_dtype)
+    if input_dtype is not torch.float32:
+        hidden = hidden.to(input_dtype)
+    return weight * hidden
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -97,6 +105,8 @@ class LeanLlama:
         self.groups = int(first.num_key_value_groups)
         self.scaling = float(first.scaling)
         self.layers_used = int(config.num_hidden_layers)
+        #: (cached length, new tokens) -> the rotary cos and sin of those positions
+        self._rotary: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
         def wb(linear: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
             return linear.weight, linear.bias
@@ -113,6 +123,21 @@ class LeanLlama:
             for layer in list(inner.layers)[: self.layers_used]
         ]
 
+    def _rotary_for(self, past: int, q_len: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor,
+                                                                                                  torch.Tensor]:
+        """``LlamaRotaryEmbedding.forward`` (default RoPE) for positions ``past .. past + q_len - 1``,
+        unsqueezed for the heads; remembered (a pure function of its inputs, computed on the same shapes:
+        the same bits as computing it again)."""
+        position_ids = (torch.arange(q_len, device=device) + past).unsqueeze(0)
+        freqs = position_ids[..., None].float() * self.inv_freq.to(device=device, dtype=torch.float)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = (emb.cos() * self.attention_scaling).to(dtype=dtype).unsqueeze(1)
+        sin = (emb.sin() * self.attention_scaling).to(dtype=dtype).unsqueeze(1)
+        if len(self._rotary) >= _ROTARY_MEMO:
+            self._rotary.clear()
+        self._rotary[(past, q_len)] = (cos, sin)
+        return cos, sin
+
     def new_cache(self) -> LeanCache:
         return LeanCache()
 
@@ -124,12 +149,10 @@ class LeanLlama:
         q_len = len(ids)
         past = cache.length
         kv_len = past + q_len
-        position_ids = (torch.arange(q_len, device=device) + past).unsqueeze(0)
-        # LlamaRotaryEmbedding.forward (default RoPE)
-        freqs = position_ids[..., None].float() * self.inv_freq.to(device=device, dtype=torch.float)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = (emb.cos() * self.attention_scaling).to(dtype=hidden.dtype).unsqueeze(1)
-        sin = (emb.sin() * self.attention_scaling).to(dtype=hidden.dtype).unsqueeze(1)
+        rotary = self._rotary.get((past, q_len))
+        if rotary is None:
+            rotary = self._rotary_for(past, q_len, hidden.dtype, device)
+        cos, sin = rotary
         # create_causal_mask for sdpa: no mask when q_len == 1 or nothing is cached; else a boolean one
         mask = None
         if q_len > 1 and past > 0:
