@@ -87,6 +87,8 @@ def export_env(values: Mapping[str, str]) -> None:
     """Set ``values`` in the process environment (protocol-mandated; see the module docstring)."""
     with _env_lock:
         for name, value in values.items():
+            if os.environ.get(name) == value:
+                continue  # already so (the namespace and the action are the same run after run)
             if not _set_without_setenv(name, value):
                 os.environ[name] = value
 

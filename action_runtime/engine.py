@@ -141,6 +141,7 @@ class Engine:
         self._cache_arg = "cache" if "cache" in accepted else "past_key_values"
         self._keep_last_logits = "logits_to_keep" in accepted
         self.sessions = PrefillSessions(prefill_capacity)
+        self._empty_text = self._decode([])
         self.lean: LeanLlama | None = None
         if lean:
             self.lean = lean_forward_for(self.model, lambda: new_cache(self.model.config), self._cache_arg)
@@ -265,7 +266,9 @@ class Engine:
             raise ActivationTimeoutError(completion_tokens=len(generated))
         logits, cache = self._prefill(run.prompt_ids + generated, run.prefill_session)
         prefill_s = time.perf_counter() - started
-        visible = visible_text(self._decode(generated), stops)
+        # the text of ``generated`` (decoded again only when a token is added)
+        decoded = self._decode(generated) if generated else self._empty_text
+        visible = visible_text(decoded, stops)
         while finish is None:
             if len(generated) >= limit:
                 finish = "length"
@@ -285,7 +288,8 @@ class Engine:
             control.publish(token)
             if first_token_at is None:
                 first_token_at = time.perf_counter()
-            visible = visible_text(self._decode(generated), stops)
+            decoded = self._decode(generated)
+            visible = visible_text(decoded, stops)
             yield TextEvent(visible.text[emitted:], token, len(generated) - 1)
             emitted = max(emitted, len(visible.text))
             if token in self.eos_ids or visible.stopped:
@@ -294,7 +298,7 @@ class Engine:
                 logits = self._forward([token], cache)
 
         if finish != "migrated":
-            visible = visible_text(self._decode(generated), stops, final=True)
+            visible = visible_text(decoded, stops, final=True)  # every token was decoded as it came
             if len(visible.text) > emitted:
                 yield TextEvent(visible.text[emitted:])
         ended = time.perf_counter()

@@ -82,6 +82,8 @@ def _object(body: bytes) -> dict[str, Any]:
 def _reply(outcome: Reply | Stream) -> HttpReply:
     if isinstance(outcome, Stream):
         return HttpReply(200, _ndjson(outcome.events), NDJSON, STREAM_HEADERS)
+    if outcome.encoded is not None:
+        return HttpReply(outcome.status, outcome.encoded)
     return json_reply(outcome.body, outcome.status)
 
 

@@ -46,6 +46,13 @@ _deadline: contextvars.ContextVar[int | None] = contextvars.ContextVar("deadline
 class Reply:
     status: int
     body: Any
+    #: ``body``'s JSON when already encoded (compact, ASCII: the bytes ``json.dumps`` gives), else ``None``
+    encoded: bytes | None = None
+
+
+def _ascii_or_none(data: bytes) -> bytes | None:
+    """``encode_result``'s bytes (``ensure_ascii=False``) when they are also the reply's (all ASCII)."""
+    return data if data.isascii() else None
 
 
 @dataclass
@@ -203,8 +210,8 @@ class RuntimeService:
                     result = call_handler(self._handler, request.value)
                 finally:
                     _deadline.reset(token)
-                encode_result(result, self.settings.max_result_bytes)
-                return Reply(200, result)
+                encoded = encode_result(result, self.settings.max_result_bytes)
+                return Reply(200, result, _ascii_or_none(encoded))
             params = parse_generation_params(request.value)
             prepared = engine.prepare(params)
             control = RunControl(request.activation_id or new_activation_id(), request.deadline)
@@ -218,8 +225,8 @@ class RuntimeService:
                 return Stream(self._stream(engine, prepared, control, stack))
             with self.runs.track(control):
                 result = self._complete(engine, prepared, control)
-            encode_result(result, self.settings.max_result_bytes)
-            return Reply(200, result)
+            encoded = encode_result(result, self.settings.max_result_bytes)
+            return Reply(200, result, _ascii_or_none(encoded))
         except FaasLLMError as exc:
             return Reply(run_error_status(exc), error_body(exc))
         except Exception as exc:

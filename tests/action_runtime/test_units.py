@@ -279,3 +279,30 @@ def test_server_options_follow_settings() -> None:
                                       max_payload_bytes=4096))
     assert (options.host, options.port) == ("127.0.0.1", 9123)
     assert (options.threads, options.drain_s, options.max_body) == (5, 7.5, 4096)
+
+
+def test_export_env_sets_changed_values_and_restores_overwritten_ones() -> None:
+    """Values equal to the environment's are skipped; the C environment (what getenv(3) reads, e.g.
+    a subprocess) always agrees with os.environ, also after action code overwrote a variable."""
+    import ctypes
+    import os
+
+    from action_runtime.activation_env import export_env
+
+    getenv = ctypes.CDLL(None).getenv
+    getenv.restype = ctypes.c_char_p
+
+    def both(name: str) -> tuple[str | None, bytes | None]:
+        return os.environ.get(name), getenv(name.encode())
+
+    names = ("__OW_TEST_NS", "__OW_TEST_ID")
+    try:
+        export_env({names[0]: "ns", names[1]: "a1"})
+        export_env({names[0]: "ns", names[1]: "a2-" + "x" * 300})  # the namespace unchanged, the id longer
+        assert both(names[0]) == ("ns", b"ns") and both(names[1]) == ("a2-" + "x" * 300, b"a2-" + b"x" * 300)
+        os.environ[names[0]] = "changed by the action"
+        export_env({names[0]: "ns", names[1]: "a3"})
+        assert both(names[0]) == ("ns", b"ns") and both(names[1]) == ("a3", b"a3")
+    finally:
+        for name in names:
+            os.environ.pop(name, None)
