@@ -336,6 +336,7 @@ def ensure_models(kind: str, tmp: Path) -> tuple[Path, Path]:
 
 
 POOLS = {"shm": "4K-page pool", "huge": "huge-page pool"}
+BASELINE = ", baseline"
 
 
 def mount_huge_pool(where: Path, nbytes: int) -> bool:
@@ -348,10 +349,11 @@ def mount_huge_pool(where: Path, nbytes: int) -> bool:
 
 
 def run_pool(pool: str, args: argparse.Namespace, tmp: Path, ckpt: Path, model_name: str, nbytes: int,
-             registry: Path, pushed: bool) -> list[Row]:
-    """Every tiered case on one cluster whose DRAM pool is on ``pool`` (``shm``: /dev/shm; ``huge``: huge pages)."""
-    label = POOLS[pool]
-    home = tmp / f"home-{pool}"
+             registry: Path, pushed: bool, repo: Path = REPO, suffix: str = "") -> list[Row]:
+    """Every tiered case on one cluster whose DRAM pool is on ``pool`` (``shm``: /dev/shm; ``huge``: huge pages),
+    running the code of the checkout ``repo`` (labelled with ``suffix``)."""
+    label = POOLS[pool] + suffix
+    home = tmp / f"home-{pool}{suffix.replace(' ', '-').replace(',', '')}"
     settings: dict[str, Any] = {
         "prewarm_count": args.prewarm, "dram_capacity_bytes": max(64 * 2**20, int(nbytes * 1.3)),
         "invocations_per_minute": 10**6, "keep_alive_s": args.keep_alive, "registry_url": f"file://{registry}",
@@ -365,7 +367,7 @@ def run_pool(pool: str, args: argparse.Namespace, tmp: Path, ckpt: Path, model_n
             print("  note: cannot mount a huge-page tmpfs (needs root): huge-page pool cases left out", flush=True)
             return [{"case": f"cold, DRAM tier [{label}]", "note": "not run: mounting a tmpfs needs root"}]
         settings["dram_pool_dir"] = str(mounted)
-    cluster = UpCluster(home, bench_env(home, settings))
+    cluster = UpCluster(home, bench_env(home, settings), repo=repo)
     rows: list[Row] = []
     print(f"[{label}] starting faas-llm up under {home} ...", flush=True)
     cluster.start()
@@ -414,6 +416,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-registry", action="store_true", help="leave out the registry-only case")
     parser.add_argument("--pools", default="shm,huge",
                         help="DRAM pool kinds to run: shm (/dev/shm, 4 KiB pages), huge (tmpfs huge=always)")
+    parser.add_argument("--baseline-repo", type=Path, default=None,
+                        help="a checkout of the code before a change (git worktree): each pool runs on a cluster of "
+                             "it first (cases labelled ', baseline'), then on one of this checkout")
     parser.add_argument("--peers", type=int, default=None, help="runs of each peer (default: --repeats)")
     parser.add_argument("--evict", choices=["files", "all"], default="files",
                         help="how the SSD/registry cases and the loader peer make the checkpoint cold: take its "
@@ -429,8 +434,13 @@ def main(argv: list[str] | None = None) -> None:
         nbytes = sum(f.stat().st_size for f in ckpt.iterdir() if f.is_file())
         registry = tmp / "registry"
         registry.mkdir()
-        for i, pool in enumerate(p for p in args.pools.split(",") if p):
-            raw += run_pool(pool, args, tmp, ckpt, model_name, nbytes, registry, pushed=i > 0)
+        checkouts = [(REPO, "")]
+        if args.baseline_repo is not None:
+            checkouts.insert(0, (args.baseline_repo.resolve(), BASELINE))
+        runs = [(pool, repo, suffix) for pool in args.pools.split(",") if pool for repo, suffix in checkouts]
+        for i, (pool, repo, suffix) in enumerate(runs):
+            raw += run_pool(pool, args, tmp, ckpt, model_name, nbytes, registry, pushed=i > 0, repo=repo,
+                            suffix=suffix)
             loads.append(os.getloadavg()[0])
         print("peers", flush=True)
         for _ in range(args.peers if args.peers is not None else args.repeats):
@@ -444,7 +454,9 @@ def main(argv: list[str] | None = None) -> None:
     title = (f"cold start end to end, model {args.model} ({nbytes / 1e9:.2f} GB), max_tokens {args.max_tokens}, "
              f"medians of {args.repeats}; 1-min load average {min(loads):.1f}-{max(loads):.1f}")
     print_table(summary, cols, title=title)
-    goals = [g for pool in args.pools.split(",") if pool for g in targets(summary, POOLS[pool])]
+    suffixes = [BASELINE, ""] if args.baseline_repo is not None else [""]
+    goals = [g for pool in args.pools.split(",") if pool for suffix in suffixes
+             for g in targets(summary, POOLS[pool] + suffix)]
     print_table(goals, title="targets")
     write_json(args.json, summary, targets=goals, raw=raw, load_averages=loads,
                args={k: str(v) for k, v in vars(args).items()})
