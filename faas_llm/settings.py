@@ -55,6 +55,9 @@ class Settings(BaseModel):
     gateway_port: int = Field(3233, ge=1, le=65535, description="Port of the gateway (OpenWhisk's standalone port).")
     gateway_workers: int = Field(2, ge=1, le=64, description="gunicorn worker processes of the gateway.")
     gateway_threads: int = Field(16, ge=1, le=256, description="Threads per gateway worker (gthread).")
+    gateway_fast_path: bool = Field(
+        True, description="Serve warm invokes (OpenWhisk invoke, non-streamed OpenAI completions) without Flask's "
+        "per-request machinery (gateway/fastpath.py); the same responses. Off: every request through Flask.")
     gateway_metrics_dir: Path | None = Field(
         None, description="Prometheus multiprocess directory of the gateway's gunicorn workers, so /metrics "
         "sums them all (empty: data_dir/gateway-metrics/<port>); emptied when the gateway starts.",
