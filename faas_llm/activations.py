@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 from faas_llm.keys import Keys
 from faas_llm.types import ActivationRecord, Invocation
@@ -70,6 +71,14 @@ return stored
 """
 
 
+#: sends a registered script: ``(script, keys, args) -> reply``
+ScriptRunner = Callable[[Script, Sequence[Any], Sequence[Any]], Any]
+
+
+def _through_client(script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    return script(keys=keys, args=args)
+
+
 @dataclass(frozen=True)
 class QueueWrite:
     """The writes that queue one invocation: the pending copy (``SET ... EX``), the stream entry
@@ -95,7 +104,10 @@ class TokenChunk:
 class ActivationStore:
     """Activation records, pending invocations and token streams in Redis."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, retention_s: int = 7 * 86400) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, retention_s: int = 7 * 86400, *,
+                 run_script: ScriptRunner | None = None) -> None:
+        """``run_script(script, keys, args)``: how the completion scripts are sent (default: through
+        ``client``; the invoker sends them on its own per-thread connection, ``invoker.leanredis``)."""
         # redis-py's stubs type replies as unions of everything; treat replies as Any here.
         self.r: Any = client
         self.keys = keys
@@ -103,6 +115,7 @@ class ActivationStore:
         # EVALSHA; each reloads itself after a script flush or a Redis restart
         self._complete = self.r.register_script(COMPLETE_SCRIPT)
         self._complete_and_ack = self.r.register_script(COMPLETE_AND_ACK_SCRIPT)
+        self._run_script: ScriptRunner = run_script or _through_client
 
     # --- producing ------------------------------------------------------------------
     def queue_write(self, invocation: Invocation) -> QueueWrite:
@@ -145,7 +158,7 @@ class ActivationStore:
         it was stored, its index entry, the pending copy and in-flight count dropped, the done
         signal raised for blocking waiters."""
         keys, args = self._complete_call(record)
-        return bool(self._complete(keys=keys, args=args))
+        return bool(self._run_script(self._complete, keys, args))
 
     def complete_and_ack(self, record: ActivationRecord, queue: str, group: str, entry_id: str,
                          claim: str, consumer: str, ran_on: Sequence[str] = ()) -> bool:
@@ -161,7 +174,7 @@ class ActivationStore:
         if ran_on:
             aid = record.activationId
             keys += [self.keys.activation_running(aid), *(self.keys.node_running(n) for n in dict.fromkeys(ran_on))]
-        return bool(self._complete_and_ack(keys=keys, args=[*args, group, entry_id, consumer]))
+        return bool(self._run_script(self._complete_and_ack, keys, [*args, group, entry_id, consumer]))
 
     def _complete_call(self, record: ActivationRecord) -> tuple[list[str], list[Any]]:
         k = self.keys

@@ -23,6 +23,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from faas_llm.activations import ScriptRunner
 from faas_llm.keys import Keys
 from faas_llm.types import now_ms
 
@@ -72,12 +73,14 @@ def running_json(run: dict[str, Any]) -> str:
 class RunClaims:
     """The claim + registration script bound to one Redis client and key prefix."""
 
-    def __init__(self, r: Any, keys: Keys, consumer: str, group: str, claim_ms: int, popularity_window_s: int
-                 ) -> None:
+    def __init__(self, r: Any, keys: Keys, consumer: str, group: str, claim_ms: int, popularity_window_s: int,
+                 *, run_script: ScriptRunner | None = None) -> None:
+        """``run_script``: how the script is sent (default: through ``r``; see :mod:`invoker.leanredis`)."""
         self.r, self.keys, self.consumer, self.group = r, keys, consumer, group
         self.claim_ms = claim_ms
         self.popularity_ttl_s = popularity_window_s + 120  # as faas_llm.popularity.record_invocation
         self._script = r.register_script(CLAIM_SCRIPT)
+        self._run: ScriptRunner = run_script or (lambda script, keys, args: script(keys=keys, args=args))
 
     def claim(self, activation_id: str, queue: str, entry_id: str, run: dict[str, Any] | None) -> Claim:
         """Check the record, take the claim and (``run``: the RunningRun fields, ``None``: do not register)
@@ -90,12 +93,13 @@ class RunClaims:
         else:
             register = ("0", "", 0, 0, "")
         flag, body, ttl_ms, score, model = register
-        reply = self._script(
-            keys=[k.activation(activation_id), k.activation_claim(activation_id), queue,
-                  k.activation_running(activation_id), k.node_running(str(run["node"]) if run else "-"),
-                  k.model_popularity_window(at // 60_000), k.model_popularity()],
-            args=[self.consumer, self.claim_ms, self.group, entry_id, flag, body, ttl_ms, activation_id, score,
-                  model, self.popularity_ttl_s])
+        reply = self._run(
+            self._script,
+            [k.activation(activation_id), k.activation_claim(activation_id), queue,
+             k.activation_running(activation_id), k.node_running(str(run["node"]) if run else "-"),
+             k.model_popularity_window(at // 60_000), k.model_popularity()],
+            [self.consumer, self.claim_ms, self.group, entry_id, flag, body, ttl_ms, activation_id, score,
+             model, self.popularity_ttl_s])
         outcome = int(reply[0])
         owner = reply[1] if len(reply) > 1 else None
         if isinstance(owner, bytes):

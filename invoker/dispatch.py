@@ -40,6 +40,7 @@ from faas_llm.types import ActivationRecord, Invocation, Limits, LoadTier, now_m
 from invoker import claims, replay, runtime_client, streams
 from invoker.cluster import ActionCache
 from invoker.container import Container
+from invoker.leanredis import LeanRedis
 from invoker.metrics import InvokerMetrics
 from invoker.pool import ContainerPool
 from invoker.records import RunFacts, build_record, failure_record, runtime_ttft, timeout_message
@@ -85,7 +86,8 @@ class Abandoned(Exception):
 
 class Dispatcher:
     def __init__(self, settings: Settings, r: Any, keys: Keys, store: ActivationStore, pool: ContainerPool,
-                 actions: ActionCache, metrics: InvokerMetrics, consumer: str) -> None:
+                 actions: ActionCache, metrics: InvokerMetrics, consumer: str, *, lean: LeanRedis | None = None
+                 ) -> None:
         self.settings, self.r, self.keys, self.store = settings, r, keys, store
         self.pool, self.actions, self.metrics, self.consumer = pool, actions, metrics, consumer
         self.group = keys.consumer_group()
@@ -95,8 +97,10 @@ class Dispatcher:
         self.run_seconds: dict[tuple[str, str], float] = {}  # EWMA of run durations per action
         self.threads: list[threading.Thread] = []
         self.leases = LeaseSet()  # slot leases held by migrated runs of this invoker (renewed every heartbeat)
+        # the warm path's own Redis calls (XREADGROUP, the claim script) on one connection per thread
+        self.lean = lean or LeanRedis(r)
         self.claims = claims.RunClaims(r, keys, consumer, self.group, settings.claim_idle_ms,
-                                       settings.prefetch_window_s)
+                                       settings.prefetch_window_s, run_script=self.lean.run_script)
 
     # --- workers ------------------------------------------------------------------------
     def start_workers(self, container: Container) -> None:
@@ -119,7 +123,7 @@ class Dispatcher:
             if not container.wait_free(BLOCK_MS / 1000):
                 continue  # every slot is taken (e.g. by a migrated run's lease): do not pull work it cannot run
             try:
-                resp = self.r.xreadgroup(self.group, self.consumer, {queue: ">"}, count=1, block=BLOCK_MS)
+                entries = self.lean.xreadgroup_one_stream(self.group, self.consumer, queue, 1, BLOCK_MS)
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     streams.ensure_group(self.r, queue, self.group)
@@ -131,10 +135,9 @@ class Dispatcher:
                 log.warning("redis connection lost; retrying")
                 self.stopping.wait(0.5)
                 continue
-            for _stream, entries in resp or []:
-                for entry_id, fields in entries:
-                    if self._take(container, queue, str(entry_id), fields):
-                        return  # the slot went to a new worker at a migration's hand-off
+            for entry_id, fields in entries:
+                if self._take(container, queue, str(entry_id), fields):
+                    return  # the slot went to a new worker at a migration's hand-off
 
     def _take(self, container: Container, queue: str, entry_id: str, fields: Mapping[Any, Any]) -> bool:
         """Run one entry; True when its slot was released early (a new worker took over the container)."""

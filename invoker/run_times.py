@@ -24,7 +24,7 @@ from typing import Any
 import redis
 
 from faas_llm import migration
-from faas_llm.activations import ActivationStore
+from faas_llm.activations import ActivationStore, ScriptRunner
 from faas_llm.keys import Keys
 from faas_llm.placement import RunTimeDistribution
 from faas_llm.types import ActivationRecord, ContainerState, NodeReport
@@ -78,8 +78,9 @@ class RunTimeBuffer:
 class RecordingStore(ActivationStore):
     """The activation store, also feeding each stored record's run time to a :class:`RunTimeBuffer`."""
 
-    def __init__(self, r: Any, keys: Keys, retention_s: int, buffer: RunTimeBuffer) -> None:
-        super().__init__(r, keys, retention_s)
+    def __init__(self, r: Any, keys: Keys, retention_s: int, buffer: RunTimeBuffer, *,
+                 run_script: ScriptRunner | None = None) -> None:
+        super().__init__(r, keys, retention_s, run_script=run_script)
         self.run_times = buffer
 
     def _saw(self, record: ActivationRecord) -> None:

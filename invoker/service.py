@@ -36,6 +36,7 @@ from invoker.coldwatch import ColdWatch
 from invoker.container import Container
 from invoker.dispatch import Dispatcher
 from invoker.factory import ContainerFactory, make_factory
+from invoker.leanredis import LeanRedis
 from invoker.leases import SlotLeases
 from invoker.metrics import InvokerMetrics
 from invoker.pool import ContainerPool
@@ -52,15 +53,17 @@ class Invoker:
         self.r: Any = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
         # the store also buffers each run's time for the placement's run-time distribution (invoker.run_times)
         self.run_times = RunTimeBuffer(self.keys)
+        # the warm path's Redis calls go over one connection per thread (invoker.leanredis)
+        self.lean = LeanRedis(self.r)
         self.store: ActivationStore = RecordingStore(self.r, self.keys, settings.activation_retention_s,
-                                                     self.run_times)
+                                                     self.run_times, run_script=self.lean.run_script)
         self.consumer = f"{settings.node_id}:{os.getpid()}:{secrets.token_hex(3)}"
         self.metrics = InvokerMetrics(settings.node_id)
         self.actions = ActionCache(self.r, self.keys)
         self.factory = factory or make_factory(settings)
         self.pool = ContainerPool(settings, self.factory, self.metrics, self._on_ready, self._on_init_failed)
         self.dispatcher = Dispatcher(settings, self.r, self.keys, self.store, self.pool, self.actions, self.metrics,
-                                     self.consumer)
+                                     self.consumer, lean=self.lean)
         self.scheduler = Scheduler(settings, self.r, self.keys, self.actions, make_policy(settings.placement_policy),
                                    self.consumer, self.dispatcher.expected_run_s, self.dispatcher.fail_backlog,
                                    self.dispatcher.expire_backlog, lambda: self.pool.boot_s, self._send_migrate)

@@ -16,6 +16,7 @@ from faas_llm.keys import Keys
 from faas_llm.popularity import recent_counts, record_invocation
 from faas_llm.types import Invocation, new_activation_id, now_ms
 from invoker import claims, streams
+from invoker.leanredis import LeanRedis
 from invoker.records import failure_record
 
 GROUP_CONSUMER = "node-a:1:abc"
@@ -44,7 +45,16 @@ def _fields(inv: Invocation) -> dict[str, Any]:
 
 
 def _claims(r: Any, keys: Keys, consumer: str = GROUP_CONSUMER) -> claims.RunClaims:
-    return claims.RunClaims(r, keys, consumer, keys.consumer_group(), 15_000, 900)
+    # the invoker sends it on its own connection (invoker.leanredis); the client's Script gives the same
+    return claims.RunClaims(r, keys, consumer, keys.consumer_group(), 15_000, 900, run_script=LeanRedis(r).run_script)
+
+
+def test_the_script_replies_alike_through_the_client(r: Any, keys: Keys) -> None:
+    store = ActivationStore(r, keys)
+    inv, queue, entry_id = _queued(r, keys, store)
+    plain = claims.RunClaims(r, keys, "other", keys.consumer_group(), 15_000, 900)
+    assert _claims(r, keys).claim(inv.activation_id, queue, entry_id, _fields(inv)).outcome == claims.RUN
+    assert plain.claim(inv.activation_id, queue, entry_id, _fields(inv)) == claims.Claim(claims.HELD, GROUP_CONSUMER)
 
 
 def test_a_claimed_run_is_registered_as_register_run_and_record_invocation_would(r: Any, keys: Keys) -> None:
@@ -113,7 +123,7 @@ def test_our_own_claim_runs_again_and_a_late_run_is_claimed_but_not_registered(r
 
 
 def test_complete_and_ack_unregisters_the_run_from_every_node_it_ran_on(r: Any, keys: Keys) -> None:
-    store = ActivationStore(r, keys)
+    store = ActivationStore(r, keys, run_script=LeanRedis(r).run_script)
     inv, queue, entry_id = _queued(r, keys, store)
     other, _q, _e = _queued(r, keys, store)
     for i in (inv, other):
