@@ -113,6 +113,22 @@ def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
+def direct_backend(tokenizer: Any) -> Any:
+    """The ``tokenizers.Tokenizer`` behind ``tokenizer`` when calling it directly is what ``tokenizer(text)``
+    does (transformers' own ``TokenizersBackend`` call path, not overridden), else ``None``."""
+    try:
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:  # pragma: no cover - another transformers layout: the wrapper serves
+        return None
+    kind = type(tokenizer)
+    if (isinstance(tokenizer, TokenizersBackend) and kind.__call__ is PreTrainedTokenizerBase.__call__
+            and kind._encode_plus is TokenizersBackend._encode_plus
+            and not hasattr(tokenizer, "_switch_to_input_mode")):
+        return getattr(tokenizer, "_tokenizer", None)
+    return None
+
+
 def new_cache(config: Any) -> Any:
     from transformers import DynamicCache
 
@@ -142,6 +158,7 @@ class Engine:
         self._keep_last_logits = "logits_to_keep" in accepted
         self.sessions = PrefillSessions(prefill_capacity)
         self._empty_text = self._decode([])
+        self._backend = direct_backend(self.tokenizer)
         self.lean: LeanLlama | None = None
         if lean:
             self.lean = lean_forward_for(self.model, lambda: new_cache(self.model.config), self._cache_arg)
@@ -167,7 +184,7 @@ class Engine:
             ids = list(params.prompt)
             self._check_ids(ids, "prompt")
         elif params.prompt is not None:
-            ids = list(self.tokenizer(params.prompt)["input_ids"])
+            ids = self._encode(params.prompt)
         else:
             assert params.messages is not None
             if not getattr(self.tokenizer, "chat_template", None):
@@ -180,6 +197,20 @@ class Engine:
         if not ids:
             raise RequestError("the prompt is empty")
         return [int(t) for t in ids]
+
+    def _encode(self, text: str) -> list[int]:
+        """``tokenizer(text)["input_ids"]``; for a ``tokenizers``-backed tokenizer whose backend has no
+        truncation or padding set and the special-token splitting the wrapper asks for, the backend's call
+        the wrapper would make (``encode_batch([text], add_special_tokens=True)``) without the wrapper's
+        argument handling and ``BatchEncoding``."""
+        backend, tokenizer = self._backend, self.tokenizer
+        if (backend is not None and backend.truncation is None and backend.padding is None
+                and backend.encode_special_tokens == tokenizer.split_special_tokens):
+            ids: list[int] = backend.encode_batch([text], add_special_tokens=True, is_pretokenized=False)[0].ids
+            if len(ids) <= tokenizer.model_max_length:
+                return ids
+            # too long: the wrapper's call, for its warning in the activation's log (the run then fails)
+        return list(tokenizer(text)["input_ids"])
 
     def prepare(self, params: GenerationParams) -> PreparedRun:
         """Validate a run against this model; raises :class:`RequestError` for anything it cannot do."""

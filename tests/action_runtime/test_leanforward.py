@@ -140,3 +140,18 @@ def test_the_probe_rejects_a_forward_that_differs(tiny_model_dir: Path, tmp_path
     lean.norm_eps *= 1.5
     assert not matches_model(lean, model, engine.new_cache, engine._cache_arg)
     assert lean_forward_for(model, engine.new_cache, engine._cache_arg) is not None
+
+
+TEXTS = ["The serverless platform", "", " ", "a", "<s>hello</s> <pad> <|user|>", "é ü 日本語 🙂", "x" * 3000,
+         "line one\nline two\r\n\ttabbed", "  leading and trailing  "]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_gpt2_dir", "tiny_opt_dir"])
+def test_direct_tokenizer_backend_gives_the_wrappers_ids(fixture: str, request: pytest.FixtureRequest,
+                                                          tmp_path: Path) -> None:
+    engine = Engine(load(request.getfixturevalue(fixture), tmp_path))
+    assert engine._backend is not None
+    for text in TEXTS:
+        assert engine._encode(text) == list(engine.tokenizer(text)["input_ids"]), text
+    engine._backend.enable_truncation(max_length=3)  # a backend state the wrapper would undo: the wrapper serves
+    assert engine._encode(TEXTS[0]) == list(engine.tokenizer(TEXTS[0])["input_ids"])
