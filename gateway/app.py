@@ -10,6 +10,7 @@ from flask import Flask, Response, g
 from faas_llm.settings import Settings, get_settings
 from gateway.context import EXTENSION, Gateway
 from gateway.errors import register_error_handlers
+from gateway.fastpath import FastPath
 from gateway.routes import actions, activations, openai, ops
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -41,4 +42,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     for blueprint in (ops.bp, actions.bp, activations.bp, openai.bp):
         app.register_blueprint(blueprint)
+    if settings.gateway_fast_path:
+        app.wsgi_app = FastPath(app, app.wsgi_app)  # type: ignore[method-assign]
     return app

@@ -45,6 +45,11 @@ class GatewayMetrics:
         self.invocations.labels(face, mode).inc()
         self.invoke_latency.labels(face, mode, outcome).observe(seconds)
 
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One HTTP request answered (``route``: the URL rule)."""
+        self.requests.labels(route, method, str(status)).inc()
+        self.request_latency.labels(route, method).observe(seconds)
+
     def exposition(self) -> Response:
         registry = self.registry
         if self.multiprocess_dir is not None:
@@ -60,10 +65,11 @@ class GatewayMetrics:
         @app.after_request
         def _count(response: Response) -> Response:
             route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-            self.requests.labels(route, request.method, str(response.status_code)).inc()
             started = getattr(g, "started", None)
             if started is not None:
-                self.request_latency.labels(route, request.method).observe(time.perf_counter() - started)
+                self.observe_request(route, request.method, response.status_code, time.perf_counter() - started)
+            else:
+                self.requests.labels(route, request.method, str(response.status_code)).inc()
             return response
 
 

@@ -37,6 +37,10 @@ class ActionCache:
         self._entries: dict[tuple[str, str], CachedAction] = {}
         self._lock = threading.Lock()
 
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        """Whether ``(namespace, name)`` has an entry (a guess, as every entry is)."""
+        return key in self._entries
+
     def get(self, namespace: str, name: str) -> CachedAction:
         """The cached entry, else the stored action (read now); :class:`NotFoundError` if none."""
         cached = self._entries.get((namespace, name))
