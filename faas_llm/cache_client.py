@@ -14,9 +14,11 @@ in it. On a pool of 2 MiB pages (the agent reports its page size) the mapping is
 (``MAP_POPULATE``: ~1,300 entries for 2.6 GB, a few ms). On 4 KiB pages (~640,000 entries)
 :meth:`CacheClient.load_model` populates it too, but on two threads (``MADV_POPULATE_READ`` per
 64 MiB chunk, tensors in the forward's order) started as soon as the acquire reply arrives, while
-the skeleton builds and the tokenizer loads, and waits for them before it returns the model: left to
-the first forward, the same faults cost it far more than populating up front (``bench/RESULTS.md``,
-issue 11). A background
+the skeleton builds and the tokenizer loads, and waits for them before it returns the model. A
+prewarmed runtime does better: :func:`premap_pool` maps the agent's whole pool segment and populates
+it before any /init (the pool is pre-faulted and never shrinks, so its pages stay the same), and a
+lease is then a view of that mapping, with no page-table work on the request path at all
+(``bench/RESULTS.md``, issue 11). A background
 thread heartbeats every live lease at a third of its TTL while the client holds one: it ends
 when the last lease is released, when the client closes, or when the client is dropped (the
 thread holds it weakly). When the agent is down,
@@ -68,6 +70,88 @@ from faas_llm.types import LoadTier, check_model_name
 
 log = logging.getLogger(__name__)
 HUGE_PAGE = 2 * 1024 * 1024
+PREMAP_MAX_BYTES = 16 * 1024**3  # a premapped pool costs 2 MiB of page tables per GiB (4 KiB pages) per process
+
+
+@dataclass
+class PoolMapping:
+    """The whole DRAM pool segment, mapped read-only and populated in this process ahead of any lease
+    (:func:`premap_pool`): a lease on a checkpoint in it is a view of this mapping, so neither /init nor the
+    first forward builds page-table entries. ``dev``/``ino`` tell it from a later agent's segment."""
+
+    path: str
+    dev: int
+    ino: int
+    size: int
+    mapping: mmap.mmap
+    populate_s: float
+
+    def view(self, segment: str, offset: int, nbytes: int) -> memoryview | None:
+        """``nbytes`` at ``offset`` of ``segment`` if that is still this mapping's file, else None."""
+        try:
+            st = os.stat(segment)
+        except OSError:
+            return None
+        if (st.st_dev, st.st_ino) != (self.dev, self.ino) or offset < 0 or offset + nbytes > self.size:
+            return None
+        return memoryview(self.mapping)[offset:offset + nbytes]
+
+
+_pool_mappings: dict[str, PoolMapping] = {}
+_pool_lock = threading.Lock()
+
+
+def premap_policy(page_bytes: int, capacity: int, max_bytes: int = PREMAP_MAX_BYTES) -> bool:
+    """Whether a prewarmed runtime maps and populates the whole pool before /init: on 4 KiB pages (on 2 MiB
+    pages a lease's MAP_POPULATE is a few ms anyway) and only up to ``max_bytes`` (page tables, time)."""
+    return 0 < page_bytes < HUGE_PAGE and 0 < capacity <= max_bytes
+
+
+def map_pool(segment: str, *, threads: int = 2) -> PoolMapping:
+    """Map segment ``segment`` whole (read-only, shared: no copy) and populate it on ``threads`` threads;
+    later leases on it in this process view this mapping (:func:`premapped`)."""
+    from faas_llm.checkpoint.region import populate
+
+    fd = os.open(segment, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        mapping = mmap.mmap(fd, st.st_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    started = time.perf_counter()
+    view = memoryview(mapping)
+    try:
+        populate(view, threads=threads)
+    finally:
+        view.release()
+    pool = PoolMapping(segment, st.st_dev, st.st_ino, st.st_size, mapping, time.perf_counter() - started)
+    with _pool_lock:
+        _pool_mappings[segment] = pool
+    return pool
+
+
+def premapped(segment: str, offset: int, nbytes: int) -> memoryview | None:
+    """A view of a pool this process mapped with :func:`map_pool`, if ``segment`` is still that file."""
+    with _pool_lock:
+        pool = _pool_mappings.get(segment)
+    return pool.view(segment, offset, nbytes) if pool is not None else None
+
+
+def premap_pool(settings: Settings, *, threads: int = 2) -> PoolMapping | None:
+    """In a prewarmed runtime, before /init: ask the node's cache agent where its DRAM pool is and, where
+    :func:`premap_policy` says so, map and populate it whole (~0.2-1 s per 2.6 GB of 4 KiB pages on
+    the dev VM, off the request path). None when there is no agent or nothing to do."""
+    try:
+        status = CacheClient(settings, heartbeat=False, timeout_s=5).status()
+    except CacheAgentError:
+        return None
+    if not premap_policy(status.dram_page_bytes, status.dram_capacity):
+        return None
+    try:
+        return map_pool(status.segment, threads=threads)
+    except OSError as exc:
+        log.warning("could not premap the DRAM pool %s: %s", status.segment, exc)
+        return None
 
 
 @dataclass
@@ -79,6 +163,7 @@ class CacheLease:
     acquired_at: float = field(default_factory=time.monotonic)
     expired: bool = False
     _mapping: mmap.mmap | None = None
+    _premapped: memoryview | None = None
     _index: Any = None
     _skew: int = 0
 
@@ -108,6 +193,10 @@ class CacheLease:
         ``populate`` only counts on the first call)."""
         if populate is None:
             populate = self.reply.page_bytes >= HUGE_PAGE
+        if self._mapping is None and self._premapped is None:
+            self._premapped = premapped(self.reply.segment, self.reply.offset, self.reply.nbytes)
+        if self._premapped is not None:
+            return self._premapped
         if self._mapping is None:
             start = self.reply.offset // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
             skew = self.reply.offset - start
@@ -134,6 +223,8 @@ class CacheLease:
         from faas_llm.checkpoint.region import forward_order_extents, populate_plan
 
         buffer = self.buffer(populate=False)
+        if self._premapped is not None:  # a view of the pool this process populated before /init
+            return None
         return Populating(buffer, populate_plan(buffer.nbytes, forward_order_extents(self.index)), threads)
 
     def tensors(self, *, populate: bool | None = None) -> dict[str, Any]:

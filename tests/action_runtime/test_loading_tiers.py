@@ -130,3 +130,70 @@ def test_cache_client_populates_the_mapping_of_a_4k_page_pool(agent: Settings) -
                 assert resident < buffer.nbytes // 2
             del buffer
             loaded.close()
+
+
+def test_premap_policy() -> None:
+    from faas_llm.cache_client import HUGE_PAGE, PREMAP_MAX_BYTES, premap_policy
+
+    assert premap_policy(4096, 4 * 2**30)
+    assert not premap_policy(HUGE_PAGE, 4 * 2**30)  # MAP_POPULATE per lease is a few ms there
+    assert not premap_policy(4096, PREMAP_MAX_BYTES + 1)
+    assert not premap_policy(0, 4 * 2**30)  # an agent that did not say
+
+
+def test_a_prewarmed_runtime_leases_views_of_the_pool_it_premapped(agent: Settings) -> None:
+    """prewarm maps the agent's whole pool and populates it; a later lease is a view of that mapping
+    (no mapping or page-table work of its own), and the model computes the same as one mapped per lease."""
+    import torch
+
+    from action_runtime.prewarm import prewarm
+    from faas_llm import cache_client
+    from faas_llm.checkpoint.region import buffer_address
+    from tests.checkpoint.test_populate import resident_kib
+
+    ids = torch.tensor([[1, 5, 9, 2]])
+    try:
+        with CacheClient(agent) as client:  # no premap yet: a mapping of its own
+            loaded = client.load_model("demo/tiny")
+            with torch.inference_mode():
+                expected = loaded.model(ids).logits
+            loaded.close()
+        prewarm(agent)
+        pool = cache_client._pool_mappings[CacheClient(agent, heartbeat=False).status().segment]
+        base = buffer_address(memoryview(pool.mapping))
+        assert resident_kib(base, pool.size) * 1024 == pool.size
+        with CacheClient(agent) as client:
+            loaded = client.load_model("demo/tiny")
+            assert loaded.lease is not None
+            address = buffer_address(loaded.lease.buffer())
+            assert base + loaded.lease.reply.offset == address
+            with torch.inference_mode():
+                assert torch.equal(loaded.model(ids).logits, expected)
+            loaded.close()
+    finally:
+        cache_client._pool_mappings.clear()
+
+
+def test_a_premapped_pool_is_not_used_for_a_new_segment_of_the_same_name(tmp_path: Path) -> None:
+    from faas_llm.cache_client import map_pool, premapped
+    from faas_llm.checkpoint import SharedRegion
+
+    first = SharedRegion.create("premap-test", 4 * MiB, shm_dir=tmp_path)
+    try:
+        pool = map_pool(str(first.path))
+        assert pool.size == 4 * MiB
+        view = premapped(str(first.path), MiB, MiB)
+        assert view is not None and view.nbytes == MiB
+        assert premapped(str(first.path), 3 * MiB, 2 * MiB) is None  # past the end
+        first.unlink()
+        second = SharedRegion.create("premap-test", 4 * MiB, shm_dir=tmp_path)  # an agent restarted
+        try:
+            assert premapped(str(second.path), MiB, MiB) is None
+        finally:
+            second.unlink()
+            second.close()
+    finally:
+        from faas_llm import cache_client
+
+        cache_client._pool_mappings.clear()
+        first.close()
