@@ -99,7 +99,8 @@ def worker_main() -> None:
         print(json.dumps(out), flush=True)
 
 
-STRATEGIES = ("premapped", "lazy", "map-populate", "populate-1", "populate-2", "overlap-2", "overlap-2-nojoin", "thp-copy")
+STRATEGIES = ("premapped", "lazy", "map-populate", "populate-1", "populate-2", "overlap-2", "overlap-2-nojoin",
+              "thp-copy")
 
 
 def run_strategy(client: Any, model_name: str, strategy: str, ids: Any) -> dict[str, Any]:
