@@ -414,6 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep-alive", type=float, default=4.0, help="the action's keep-alive (s)")
     parser.add_argument("--prewarm", type=int, default=1, help="prewarmed runtimes the invoker keeps")
     parser.add_argument("--skip-registry", action="store_true", help="leave out the registry-only case")
+    parser.add_argument("--skip-naive", action="store_true", help="leave out the naive serverless peer")
     parser.add_argument("--pools", default="shm,huge",
                         help="DRAM pool kinds to run: shm (/dev/shm, 4 KiB pages), huge (tmpfs huge=always)")
     parser.add_argument("--baseline-repo", type=Path, default=None,
@@ -445,8 +446,10 @@ def main(argv: list[str] | None = None) -> None:
         print("peers", flush=True)
         for _ in range(args.peers if args.peers is not None else args.repeats):
             raw.append(loader_row(ckpt, args.evict))
-            raw.append(naive_row(hf, args.max_tokens, dropped=False))
-        raw.append(naive_row(hf, args.max_tokens, dropped=True))
+            if not args.skip_naive:
+                raw.append(naive_row(hf, args.max_tokens, dropped=False))
+        if not args.skip_naive:
+            raw.append(naive_row(hf, args.max_tokens, dropped=True))
         loads.append(os.getloadavg()[0])
     summary = summarise(raw)
     cols = ["case", "n", "tier", "ttft_s", "total_s", "load_s", "runtime_ttft_s", "runtime_total_s", "wait_ms",
