@@ -252,6 +252,23 @@ def starting_free(load_left_s: float, run_s: float, run_sd: float = 0.0) -> tupl
     return max(0.0, load_left_s) + max(0.0, run_s), max(0.0, run_sd)
 
 
+def with_start_under_way(views: Sequence[NodeView], node: str, load_s: float, run_s: float,
+                         run_sd: float | None = None) -> list[NodeView]:
+    """The views after a start was sent to ``node`` (loaded in ``load_s``: the decision's ``startup_s``): the new
+    instance is listed among the action's busy ones (:func:`starting_free`), so the next decisions of the same
+    scheduling pass can wait for it instead of starting another load for every queued request. Views that carry
+    a spread per busy instance get ``run_sd`` (unknown: 0); the caller still books the slot and the queue."""
+    out = []
+    for v in views:
+        if v.node == node:
+            e, sd = starting_free(load_s, run_s, run_sd or 0.0)
+            spread = len(v.warm_busy_sd_s) == len(v.warm_busy_free_s) and (run_sd is not None or v.warm_busy_sd_s)
+            v = dataclasses.replace(v, warm_busy_free_s=(*v.warm_busy_free_s, e),
+                                    warm_busy_sd_s=(*v.warm_busy_sd_s, sd) if spread else v.warm_busy_sd_s)
+        out.append(v)
+    return out
+
+
 def starting_load_left(request: PlacementRequest, node: NodeView) -> float:
     """Seconds until a start of ``request`` already under way on ``node`` is loaded, when its progress is
     unknown: done by the time the node's queue of pending loads (which counts it) drains, and no sooner

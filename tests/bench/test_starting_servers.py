@@ -23,6 +23,7 @@ from faas_llm.placement import (
     starting_free,
     starting_load_left,
     views_from_reports,
+    with_start_under_way,
 )
 from faas_llm.types import CacheInventory, ContainerInfo, ContainerState, LoadTier, NodeReport, TierInventory
 
@@ -71,6 +72,22 @@ def test_locality_waits_for_a_start_under_way_rather_than_queue_another_load() -
     assert LocalityPolicy().choose(REQ, [view]) == Decision("a", 23.0, LoadTier.WARM)
     without = LocalityPolicy().choose(REQ, [replace(view, warm_busy_free_s=())])
     assert without is not None and without.tier is LoadTier.REGISTRY
+
+
+def test_a_start_sent_in_a_scheduling_pass_is_a_server_for_the_next_decisions() -> None:
+    # the invoker's pass: start one load (20 s on a, its network queue now busy), then decide the next request
+    a = NodeView(node="a", free_slots=2, bw_registry=0.5 * GB)
+    b = NodeView(node="b", free_slots=1, bw_registry=0.5 * GB, queue_bytes=20 * GB)  # 40 s queue: 60 s to load
+    first = LocalityPolicy().choose(REQ, [a, b])
+    assert first is not None and first == Decision("a", 20.0, LoadTier.REGISTRY)
+    booked = [replace(a, free_slots=1, queue_bytes=REQ.size_bytes), b]  # what the invoker's book_start does
+    assert LocalityPolicy().choose(REQ, booked).tier is LoadTier.REGISTRY  # type: ignore[union-attr]
+    views = with_start_under_way(booked, "a", first.startup_s, 3.0)
+    assert views[0].warm_busy_free_s == (23.0,) and views[0].warm_busy_sd_s == () and views[1] == b
+    assert LocalityPolicy().choose(REQ, views) == Decision("a", 23.0, LoadTier.WARM)  # not a 40 s load on a
+    spread = [replace(booked[0], warm_busy_free_s=(5.0,), warm_busy_sd_s=(1.0,)), b]
+    got = with_start_under_way(spread, "a", 20.0, 3.0, run_sd=2.0)[0]
+    assert got.warm_busy_free_s == (5.0, 23.0) and got.warm_busy_sd_s == (1.0, 2.0)
 
 
 SMALL, OTHER = ModelSpec("small-7b", 7.0), ModelSpec("other-7b", 7.0)
