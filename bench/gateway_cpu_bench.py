@@ -3,7 +3,8 @@
     flock /work/helpers/bench.lock .venv/bin/python -m bench.gateway_cpu_bench \\
         --config base=/tmp/gw/base --config current=. --n 2000 --rounds 3 [--json bench/out/gateway_cpu.json]
 
-Each config is ``LABEL=DIR[,workers=W][,threads=T]``: ``python -m gateway`` (gunicorn gthread) run from
+Each config is ``LABEL=DIR[,workers=W][,threads=T][,SETTING=VALUE]`` (SETTING: a Settings field, in the
+gateway's environment): ``python -m gateway`` (gunicorn gthread) run from
 checkout ``DIR``. Per round the configs run one after the other (so the machine's noise spreads over all
 of them), each against the same redis-server and the same queue consumer (``tests/gateway/consumer.py``
 in a process of its own, which "generates" instantly, so only the gateway's work is in the way).
@@ -56,11 +57,23 @@ while True:
 def parse_config(text: str) -> dict[str, Any]:
     label, _, rest = text.partition("=")
     parts = rest.split(",")
-    config: dict[str, Any] = {"label": label, "repo": Path(parts[0]).resolve(), "workers": 2, "threads": 16}
+    config: dict[str, Any] = {"label": label, "repo": Path(parts[0]).resolve(), "workers": 2, "threads": 16,
+                              "settings": {}}
     for part in parts[1:]:
         key, _, value = part.partition("=")
-        config[key] = int(value)
+        if key in ("workers", "threads"):
+            config[key] = int(value)
+        else:  # any other Settings field, e.g. gateway_fast_path=false
+            config["settings"][key] = value
     return config
+
+
+def checkout_environ(settings: Settings) -> dict[str, str]:
+    """:func:`child_environ` with only the settings set explicitly (an older checkout refuses settings
+    it does not know)."""
+    env = child_environ(settings)
+    explicit = {f"FAAS_LLM_{name.upper()}" for name in settings.model_fields_set}
+    return {k: v for k, v in env.items() if not k.startswith("FAAS_LLM_") or k in explicit}
 
 
 def tree_cpu(pid: int) -> float:
@@ -116,7 +129,8 @@ def run_config(config: dict[str, Any], server: RedisServer, auth: str, args: arg
     port = free_port()
     settings = Settings(redis_url=server.url, data_dir=tmp / config["label"], gateway_port=port,
                         gateway_workers=config["workers"], gateway_threads=config["threads"], log_level="WARNING")
-    env = child_environ(settings)
+    env = checkout_environ(settings)
+    env.update({f"FAAS_LLM_{k.upper()}": v for k, v in config["settings"].items()})
     env["PYTHONPATH"] = str(config["repo"])
     log = (tmp / f"{config['label']}.log").open("ab")
     proc = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=config["repo"], env=env, stdout=log,
@@ -133,7 +147,9 @@ def run_config(config: dict[str, Any], server: RedisServer, auth: str, args: arg
             except OSError:
                 pass
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"gateway {config['label']} did not start")
+                log.flush()
+                tail = (tmp / f"{config['label']}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"gateway {config['label']} did not start:\n{tail}")
             time.sleep(0.1)
         redis_pid = server.proc.pid if server.proc else 0
         cases = [
@@ -167,7 +183,8 @@ def run_config(config: dict[str, Any], server: RedisServer, auth: str, args: arg
 
 def main(argv: list[str] | None = None) -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
-    parser.add_argument("--config", action="append", required=True, help="LABEL=DIR[,workers=W][,threads=T]")
+    parser.add_argument("--config", action="append", required=True,
+                        help="LABEL=DIR[,workers=W][,threads=T][,SETTING=VALUE]")
     parser.add_argument("--n", type=int, default=2000, help="requests per case and config")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=4, help="client threads")
@@ -191,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
             first = configs[0]
             # create the action through a gateway (the stored form is the service's)
             settings = Settings(redis_url=server.url, data_dir=tmp / "setup", gateway_port=free_port())
-            env = child_environ(settings)
+            env = checkout_environ(settings)
             env["PYTHONPATH"] = str(first["repo"])
             setup = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=first["repo"], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
