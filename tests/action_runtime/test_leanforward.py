@@ -155,3 +155,23 @@ def test_direct_tokenizer_backend_gives_the_wrappers_ids(fixture: str, request: 
         assert engine._encode(text) == list(engine.tokenizer(text)["input_ids"]), text
     engine._backend.enable_truncation(max_length=3)  # a backend state the wrapper would undo: the wrapper serves
     assert engine._encode(TEXTS[0]) == list(engine.tokenizer(TEXTS[0])["input_ids"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("q_len", [1, 2, 7])
+def test_rolled_rotation_equals_rotate_half_bit_for_bit(dtype: torch.dtype, q_len: int) -> None:
+    """The lean forward's RoPE, ``x * cos + roll(x) * signed_sin``, against transformers' ``apply_rotary_pos_emb``
+    on the projections' layout (a transposed view): same values, same memory layout (what sdpa then reads)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    generator = torch.Generator().manual_seed(q_len)
+    heads, head_dim = 4, 16
+    x = torch.randn(1, q_len, heads * head_dim, generator=generator).to(dtype).view(1, q_len, -1, head_dim)
+    x = x.transpose(1, 2)
+    cos = torch.randn(1, q_len, head_dim, generator=generator).to(dtype)
+    sin = torch.randn(1, q_len, head_dim, generator=generator).to(dtype)
+    theirs, _ = apply_rotary_pos_emb(x, x, cos, sin)
+    half = head_dim // 2
+    signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1).unsqueeze(1)
+    mine = (x * cos.unsqueeze(1)) + (x.roll(half, dims=-1) * signed_sin)
+    assert torch.equal(mine, theirs) and mine.stride() == theirs.stride()
