@@ -22,6 +22,7 @@ so a gateway may build invocations from actions it read earlier and still queue 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -161,11 +162,15 @@ def action_digest(raw: str | bytes) -> str:
 class Limiter:
     """Counts in Redis, decisions by :func:`decide`."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, defaults: NamespaceLimits) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, defaults: NamespaceLimits,
+                 run_admit_script: Callable[..., Any] | None = None) -> None:
+        """``run_admit_script(keys=..., args=...)`` runs :data:`ADMIT_SCRIPT` (default: redis-py's
+        registered script on ``client``; the gateway passes a leaner one, gateway/direct_redis.py)."""
         self.r: Any = client
         self.keys = keys
         self.defaults = defaults
-        self._admit = self.r.register_script(ADMIT_SCRIPT)  # EVALSHA; loads itself once after a flush
+        # EVALSHA; loads itself once after a flush
+        self._admit = run_admit_script or self.r.register_script(ADMIT_SCRIPT)
 
     def limits_for(self, namespace: str) -> NamespaceLimits:
         raw = self.r.hgetall(self.keys.namespace_limits(namespace)) or {}

@@ -11,8 +11,9 @@ from faas_llm.actions_store import ActionStore
 from faas_llm.activations import ActivationStore
 from faas_llm.auth import AuthStore
 from faas_llm.keys import Keys
-from faas_llm.limits import Limiter, NamespaceLimits
+from faas_llm.limits import ADMIT_SCRIPT, Limiter, NamespaceLimits
 from faas_llm.settings import Settings
+from gateway.direct_redis import DirectRedis
 from gateway.http_auth import CredentialCache
 from gateway.metrics import GatewayMetrics
 from gateway.services.actions import ActionService
@@ -42,9 +43,11 @@ class Gateway:
         keys = Keys(settings.key_prefix)
         actions = ActionService(ActionStore(client, keys), settings)
         activations = ActivationStore(client, keys, settings.activation_retention_s)
+        direct = DirectRedis(client)
         limiter = Limiter(client, keys, NamespaceLimits(settings.invocations_per_minute,
-                                                        settings.concurrent_invocations))
-        invoker = InvokeService(actions, activations, limiter, settings)
+                                                        settings.concurrent_invocations),
+                          direct.script(ADMIT_SCRIPT))
+        invoker = InvokeService(actions, activations, limiter, settings, direct)
         return cls(
             settings=settings, redis=client, auth=AuthStore(client, keys), actions=actions,
             activations=activations, limiter=limiter, invoker=invoker,

@@ -25,6 +25,7 @@ from faas_llm.errors import (
 from faas_llm.limits import Limiter, StaleAction
 from faas_llm.settings import Settings
 from faas_llm.types import Action, ActivationRecord, Invocation, new_activation_id, now_ms
+from gateway.direct_redis import DirectRedis
 from gateway.services.action_cache import ActionCache
 from gateway.services.actions import ActionService
 
@@ -101,23 +102,29 @@ def stored_record_error(record: dict[str, Any]) -> FaasLLMError | None:
                          f"The activation {record['activationId']} failed ({response.get('status')}).")
 
 
-def wait_record_json(store: ActivationStore, activation_id: str, timeout_s: float) -> str | None:
+def wait_record_json(store: ActivationStore, activation_id: str, timeout_s: float,
+                     direct: DirectRedis | None = None) -> str | None:
     """The record of an activation queued a moment ago, as its stored JSON, once stored; ``None`` if it
     is not stored within ``timeout_s``.
 
     :meth:`ActivationStore.wait_json` with ``just_queued``, in one round trip per wake-up instead of
     two: the ``BLMOVE`` on the done signal and the record's ``GET`` are sent together (a pipeline, not
     a transaction). Redis runs the ``GET`` only once the ``BLMOVE`` returns, and the signal is raised
-    in the same script that stores the record, so the ``GET`` sees it."""
+    in the same script that stores the record, so the ``GET`` sees it. With ``direct``, on the calling
+    thread's own connection."""
     done = store.keys.activation_done(activation_id)
     record_key = store.keys.activation(activation_id)
     deadline = time.monotonic() + timeout_s
     raw: Any = None
     while (remaining := deadline - time.monotonic()) > 0:
-        pipe = store.r.pipeline(transaction=False)
-        pipe.blmove(done, done, timeout=min(remaining, BLOCK_SLICE_S), src="LEFT", dest="RIGHT")
-        pipe.get(record_key)
-        _, raw = pipe.execute()
+        block_s = min(remaining, BLOCK_SLICE_S)
+        if direct is not None:
+            _, raw = direct.pipeline([("BLMOVE", done, done, "LEFT", "RIGHT", block_s), ("GET", record_key)])
+        else:
+            pipe = store.r.pipeline(transaction=False)
+            pipe.blmove(done, done, timeout=block_s, src="LEFT", dest="RIGHT")
+            pipe.get(record_key)
+            _, raw = pipe.execute()
         if raw is not None:
             break
     else:
@@ -140,8 +147,10 @@ def status_code_http(code: int) -> int:
 
 class InvokeService:
     def __init__(
-        self, actions: ActionService, activations: ActivationStore, limiter: Limiter, settings: Settings
+        self, actions: ActionService, activations: ActivationStore, limiter: Limiter, settings: Settings,
+        direct: DirectRedis | None = None,
     ) -> None:
+        self.direct = direct
         self.actions = actions
         self.activations = activations
         self.limiter = limiter
@@ -188,7 +197,7 @@ class InvokeService:
     def wait_queued_json(self, activation_id: str, wait_ms: int) -> str | None:
         """The stored JSON of the record of an activation this worker just queued (see
         :func:`wait_record_json`), ``None`` if it is not stored within ``wait_ms``."""
-        return wait_record_json(self.activations, activation_id, wait_ms / 1000)
+        return wait_record_json(self.activations, activation_id, wait_ms / 1000, self.direct)
 
     def invoke(
         self, identity: Identity, namespace: str, name: str, params: dict[str, Any], transaction_id: str,
