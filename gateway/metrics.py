@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, values
@@ -41,14 +42,29 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        # the labelled children, looked up once per label set (labels() takes a lock and builds a key;
+        # the label sets are few: routes are URL rules, outcomes are statuses)
+        self._invoke_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
     def observe_invoke(self, face: str, mode: str, outcome: str, seconds: float) -> None:
-        self.invocations.labels(face, mode).inc()
-        self.invoke_latency.labels(face, mode, outcome).observe(seconds)
+        key = (face, mode, outcome)
+        children = self._invoke_children.get(key)
+        if children is None:
+            children = (self.invocations.labels(face, mode), self.invoke_latency.labels(face, mode, outcome))
+            self._invoke_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """One HTTP request answered (``route``: the URL rule)."""
-        self.requests.labels(route, method, str(status)).inc()
-        self.request_latency.labels(route, method).observe(seconds)
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, method, str(status)), self.request_latency.labels(route, method))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def exposition(self) -> Response:
         registry = self.registry
