@@ -491,7 +491,8 @@ def views_from_reports(
     With ``starting_as_busy`` the action's own ``STARTING`` containers are listed among the busy
     instances too, free after :func:`starting_load_left` and one run (:func:`starting_free`): a queued
     request can wait for a start already under way (each start covers one request; the autoscaler counts
-    them as instances).
+    them as instances); and a node with one has no free slot for the action (the pool's ``WARMING``:
+    :func:`faas_llm.pool_policy.choose` starts no second container of an action while one is starting).
     """
     sizes = model_sizes or {}
     elapsed = busy_elapsed_s or {}
@@ -537,8 +538,11 @@ def views_from_reports(
             run_s, run_sd = (run_times.mean, math.sqrt(run_times.variance)) if run_times is not None \
                 else (expected_run_s, 0.0)
             e, sd = starting_free(starting_load_left(request, view), run_s, run_sd)
+            # the pool answers a second start of the action where one is starting with WARMING (it starts
+            # nothing): the start under way is the option there, not a new one
             view = dataclasses.replace(view, warm_busy_free_s=(*busy, *([e] * coming)),
-                                       warm_busy_sd_s=(*busy_sd, *([sd] * coming)) if run_times is not None else ())
+                                       warm_busy_sd_s=(*busy_sd, *([sd] * coming)) if run_times is not None else (),
+                                       free_slots=0)
         views.append(view)
     return views
 

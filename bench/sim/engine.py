@@ -327,9 +327,12 @@ class Simulator:
              idle: int | None = None) -> NodeView:
         name = self.names[m]
         busy_free = busy_free or []
+        # the pool's WARMING: a second start of m where one is starting starts nothing; a view that lists starting
+        # instances as servers says so (the start under way is the option there), as views_from_reports does
+        refused = self.warming and self.starting_as_servers and self._starting_on(node.index, m)
         return NodeView(
             node=node.name,
-            free_slots=max(0, self.slots - node.occupied_slots),
+            free_slots=0 if refused else max(0, self.slots - node.occupied_slots),
             free_memory_mb=max(0, self.memory_mb - node.occupied_mb),
             warm_idle=sum(1 for i in self.idle[m].values() if i.node == node.index) if idle is None else idle,
             warm_busy_free_s=tuple(t for t, _ in busy_free),

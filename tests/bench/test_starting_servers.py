@@ -56,10 +56,12 @@ def test_views_list_the_actions_starting_containers_among_the_busy_ones() -> Non
                                         registry_bandwidth=GB)}
     (plain,) = views_from_reports(REQ, reports, inventories, expected_run_s=3.0)
     assert plain.warm_busy_free_s == (3.0,)
+    assert plain.free_slots == 1
     (view,) = views_from_reports(REQ, reports, inventories, expected_run_s=3.0, starting_as_busy=True)
     # two starts queued on the node (20 GB at 1 GB/s registry bandwidth) >= its own 2 s DRAM load; then one run
     assert view.warm_busy_free_s == (3.0, pytest.approx(20.0 + 3.0))
     assert view.warm_busy_sd_s == ()
+    assert view.free_slots == 0  # the pool would answer a second start here with WARMING
     dist = RunTimeDistribution([1.0, 3.0])
     (tail,) = views_from_reports(REQ, reports, inventories, run_times=dist, starting_as_busy=True)
     assert tail.warm_busy_free_s[1] == pytest.approx(20.0 + 2.0) and tail.warm_busy_sd_s[1] == pytest.approx(1.0)
@@ -120,3 +122,15 @@ def test_a_burst_waits_for_the_starts_under_way_and_leaves_slots_to_other_models
     # the other model waits for a slot (an instance idle at 20.2 s), then for the network queue
     assert old_latencies[20] > latencies[20] + 10.0
     assert next(old._ids) == 5
+
+
+def test_with_the_pools_warming_a_node_starting_the_model_offers_no_second_start() -> None:
+    wl = Workload((SMALL, OTHER), (Request(0, 0.0, 0, 100, 10, 1.0),), (0, 1))
+    for warming, servers, free in ((True, True, 0), (True, False, 1), (False, True, 1)):
+        sim = Simulator(wl, LocalityPolicy(), TWO, GpuModel(), seed=0, warming=warming,
+                        starting_as_servers=servers)
+        assert sim.start_load(0, 0) is not None
+        views = sim.views(0)
+        assert views[0].free_slots == free and views[1].free_slots == 2
+        assert sim.views(1)[0].free_slots == 1  # another model may still start there
+        assert len(views[0].warm_busy_free_s) == (1 if servers else 0)
