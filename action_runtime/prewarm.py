@@ -8,13 +8,10 @@ checkpoint leased from it later needs no page-table work on the request path.
 from __future__ import annotations
 
 import importlib
-import logging
 import time
 from typing import Any
 
 from faas_llm.settings import Settings
-
-log = logging.getLogger(__name__)
 
 # The transformers modules a load touches (the lazy module would import them on first use).
 _MODULES = (
@@ -45,11 +42,11 @@ def prewarm(settings: Settings) -> float:
 
 
 def _premap_pool(settings: Settings) -> None:
-    from faas_llm.cache_client import premap_pool
+    """Map the node's DRAM pool in the background (:func:`~faas_llm.cache_client.start_premap`): the
+    runtime is ready at once; a lease before it finished maps its own extent instead."""
+    from faas_llm.cache_client import start_premap
 
-    pool = premap_pool(settings)
-    if pool is not None:
-        log.info("premapped the DRAM pool %s (%d bytes) in %.3f s", pool.path, pool.size, pool.populate_s)
+    start_premap(settings)
 
 
 def _exercise_kernels(torch: Any) -> None:

@@ -99,6 +99,7 @@ class PoolMapping:
 
 _pool_mappings: dict[str, PoolMapping] = {}
 _pool_lock = threading.Lock()
+_premap_stop = threading.Event()  # set: an in-flight premap gives up (a lease needs the cores now)
 
 
 def premap_policy(page_bytes: int, capacity: int, max_bytes: int = PREMAP_MAX_BYTES) -> bool:
@@ -107,9 +108,10 @@ def premap_policy(page_bytes: int, capacity: int, max_bytes: int = PREMAP_MAX_BY
     return 0 < page_bytes < HUGE_PAGE and 0 < capacity <= max_bytes
 
 
-def map_pool(segment: str, *, threads: int = 2) -> PoolMapping:
+def map_pool(segment: str, *, threads: int = 2, stop: threading.Event | None = None) -> PoolMapping | None:
     """Map segment ``segment`` whole (read-only, shared: no copy) and populate it on ``threads`` threads;
-    later leases on it in this process view this mapping (:func:`premapped`)."""
+    later leases on it in this process view this mapping (:func:`premapped`). None (nothing kept) when
+    ``stop`` was set before it finished."""
     from faas_llm.checkpoint.region import populate
 
     fd = os.open(segment, os.O_RDONLY)
@@ -121,9 +123,12 @@ def map_pool(segment: str, *, threads: int = 2) -> PoolMapping:
     started = time.perf_counter()
     view = memoryview(mapping)
     try:
-        populate(view, threads=threads)
+        populate(view, threads=threads, stop=stop)
     finally:
         view.release()
+    if stop is not None and stop.is_set():
+        mapping.close()
+        return None
     pool = PoolMapping(segment, st.st_dev, st.st_ino, st.st_size, mapping, time.perf_counter() - started)
     with _pool_lock:
         _pool_mappings[segment] = pool
@@ -137,10 +142,20 @@ def premapped(segment: str, offset: int, nbytes: int) -> memoryview | None:
     return pool.view(segment, offset, nbytes) if pool is not None else None
 
 
+def start_premap(settings: Settings, *, threads: int = 2) -> threading.Thread:
+    """:func:`premap_pool` on a background thread (a runtime is ready without waiting for it); a lease
+    taken before it finished stops it and maps its own extent instead."""
+    _premap_stop.clear()
+    thread = threading.Thread(target=premap_pool, args=(settings,), kwargs={"threads": threads},
+                              name="cache-premap-pool", daemon=True)
+    thread.start()
+    return thread
+
+
 def premap_pool(settings: Settings, *, threads: int = 2) -> PoolMapping | None:
     """In a prewarmed runtime, before /init: ask the node's cache agent where its DRAM pool is and, where
     :func:`premap_policy` says so, map and populate it whole (~0.2-1 s per 2.6 GB of 4 KiB pages on
-    the dev VM, off the request path). None when there is no agent or nothing to do."""
+    the dev VM, off the request path). None when there is no agent, nothing to do, or a lease came first."""
     try:
         status = CacheClient(settings, heartbeat=False, timeout_s=5).status()
     except CacheAgentError:
@@ -148,10 +163,13 @@ def premap_pool(settings: Settings, *, threads: int = 2) -> PoolMapping | None:
     if not premap_policy(status.dram_page_bytes, status.dram_capacity):
         return None
     try:
-        return map_pool(status.segment, threads=threads)
+        pool = map_pool(status.segment, threads=threads, stop=_premap_stop)
     except OSError as exc:
         log.warning("could not premap the DRAM pool %s: %s", status.segment, exc)
         return None
+    if pool is not None:
+        log.info("premapped the DRAM pool %s (%d bytes) in %.3f s", pool.path, pool.size, pool.populate_s)
+    return pool
 
 
 @dataclass
@@ -195,6 +213,8 @@ class CacheLease:
             populate = self.reply.page_bytes >= HUGE_PAGE
         if self._mapping is None and self._premapped is None:
             self._premapped = premapped(self.reply.segment, self.reply.offset, self.reply.nbytes)
+            if self._premapped is None:
+                _premap_stop.set()  # a premap still running would only compete with this lease's own
         if self._premapped is not None:
             return self._premapped
         if self._mapping is None:

@@ -158,7 +158,10 @@ def test_a_prewarmed_runtime_leases_views_of_the_pool_it_premapped(agent: Settin
             with torch.inference_mode():
                 expected = loaded.model(ids).logits
             loaded.close()
-        prewarm(agent)
+        prewarm(agent)  # premaps on a background thread
+        for thread in threading.enumerate():
+            if thread.name == "cache-premap-pool":
+                thread.join()
         pool = cache_client._pool_mappings[CacheClient(agent, heartbeat=False).status().segment]
         base = buffer_address(memoryview(pool.mapping))
         assert resident_kib(base, pool.size) * 1024 == pool.size
@@ -180,8 +183,12 @@ def test_a_premapped_pool_is_not_used_for_a_new_segment_of_the_same_name(tmp_pat
 
     first = SharedRegion.create("premap-test", 4 * MiB, shm_dir=tmp_path)
     try:
+        stop = threading.Event()
+        stop.set()  # a lease came first: the premap gives up and keeps nothing
+        assert map_pool(str(first.path), stop=stop) is None
+        assert premapped(str(first.path), 0, MiB) is None
         pool = map_pool(str(first.path))
-        assert pool.size == 4 * MiB
+        assert pool is not None and pool.size == 4 * MiB
         view = premapped(str(first.path), MiB, MiB)
         assert view is not None and view.nbytes == MiB
         assert premapped(str(first.path), 3 * MiB, 2 * MiB) is None  # past the end
