@@ -56,6 +56,9 @@ class Config:
     migration: MigrationCostSpec = field(default_factory=MigrationCostSpec)
     #: ours' keep-alive: idle instances stay until their slot is wanted, at most this long
     max_idle_s: float = 3600.0
+    #: sensitivity, every policy: the real invoker's scheduling tick (Simulator(tick_s)) and the pool's WARMING
+    tick_s: float | None = None
+    warming: bool = False
 
 
 def make_runner(name: str, cfg: Config) -> tuple[PlacementPolicy, MigrationHook | None, dict[str, Any]]:
@@ -102,7 +105,8 @@ def build_workload(workload: str, load: float, cfg: Config, trace_dir: Path) -> 
 
 def run_one(workload: Workload, policy_name: str, cfg: Config) -> SimResult:
     policy, hook, options = make_runner(policy_name, cfg)
-    sim = Simulator(workload, policy, cfg.cluster, cfg.gpu, seed=cfg.seed, migration=hook, **options)
+    sim = Simulator(workload, policy, cfg.cluster, cfg.gpu, seed=cfg.seed, migration=hook, tick_s=cfg.tick_s,
+                    warming=cfg.warming, **options)
     return sim.run()
 
 
@@ -187,6 +191,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-alive", type=float, default=ClusterSpec.keep_alive_s)
     p.add_argument("--single-loader", action="store_true", help="sensitivity: one FIFO load queue per node")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tick", type=float, default=None,
+                   help="sensitivity: place on the invoker's periodic tick of this many seconds (every policy)")
+    p.add_argument("--warming", action="store_true",
+                   help="sensitivity: the pool's WARMING (no second start of a model where one is starting)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N requests of each trace")
     p.add_argument("--quick", action="store_true", help="first 2500 requests, one load level (< 30 s)")
     p.add_argument("--workers", type=int, default=2)
@@ -210,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError(f"unknown workloads/policies {unknown}: workloads {WORKLOADS}, policies {ALL_POLICIES}")
     cluster = replace(ClusterSpec(), nodes=args.nodes, keep_alive_s=args.keep_alive,
                       single_loader=args.single_loader)
-    cfg = Config(seed=args.seed, limit=limit, cluster=cluster)
+    cfg = Config(seed=args.seed, limit=limit, cluster=cluster, tick_s=args.tick, warming=args.warming)
     for w in workloads:
         recs = records_for(w, cfg, args.trace_dir)
         base = assign_models(recs, catalog(), zipf_s=cfg.zipf_s, seed=cfg.seed, cluster=cluster, gpu=cfg.gpu)
@@ -241,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {args.plot}")
     write_json(args.json, rows, summary=summary, config={
         "cluster": vars(cluster), "gpu": vars(cfg.gpu), "migration": vars(cfg.migration), "seed": cfg.seed,
-        "zipf_s": cfg.zipf_s, "max_idle_s": cfg.max_idle_s,
+        "zipf_s": cfg.zipf_s, "max_idle_s": cfg.max_idle_s, "tick_s": cfg.tick_s, "warming": cfg.warming,
         "burst_cv": cfg.burst_cv, "warmup": cfg.warmup, "limit": limit, "loads": loads})
     return 0
 
