@@ -107,6 +107,8 @@ class Dispatcher:
         assert container.action is not None
         queue = self.keys.action_queue(container.action.namespace, container.action.name)
         streams.ensure_group(self.r, queue, self.group)
+        if container.handle is not None:  # only a one-at-a-time container's records carry its logs
+            container.handle.logs.collecting = container.concurrency == 1
         for slot in range(container.concurrency):
             self._start_worker(container, queue, str(slot))
 

@@ -16,6 +16,11 @@ from typing import IO
 
 SENTINEL = "XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX"
 STREAMS = ("stdout", "stderr")
+#: while nobody collects a runtime's lines (``collecting`` False: a container that runs several activations
+#: at once, whose records carry no logs), its reader threads pause this long after each read, so the
+#: output (a sentinel per stream per run) is drained in batches instead of one thread wake-up per line;
+#: the pipe (64 KiB) absorbs what comes meanwhile
+LAZY_READ_S = 0.05
 
 
 def _iso(ts: float) -> str:
@@ -30,11 +35,20 @@ class LogCollector:
         self._cond = threading.Condition()
         self._lines: dict[str, deque[tuple[float, str]]] = {s: deque(maxlen=max_buffered_lines) for s in STREAMS}
         self._eof: dict[str, bool] = dict.fromkeys(STREAMS, False)
+        #: whether runs collect these lines (see :data:`LAZY_READ_S`)
+        self.collecting = True
 
     # --- producers (reader threads) -------------------------------------------------
     def feed(self, stream: str, line: str, ts: float | None = None) -> None:
+        self.feed_lines(stream, [line], ts)
+
+    def feed_lines(self, stream: str, lines: list[str], ts: float | None = None) -> None:
+        """Lines that arrived together (one timestamp)."""
+        at = time.time() if ts is None else ts
         with self._cond:
-            self._lines[stream].append((time.time() if ts is None else ts, line.rstrip("\r\n")))
+            buffered = self._lines[stream]
+            for line in lines:
+                buffered.append((at, line.rstrip("\r\n")))
             self._cond.notify_all()
 
     def eof(self, stream: str) -> None:
@@ -46,12 +60,19 @@ class LogCollector:
         """Start a daemon thread feeding ``pipe``'s lines as ``stream`` until EOF."""
 
         def pump() -> None:
+            rest = b""  # a line not yet ended
             try:
-                for raw in iter(pipe.readline, b""):
-                    self.feed(stream, raw.decode("utf-8", "replace"))
+                while data := pipe.read1(65536):  # type: ignore[attr-defined]
+                    *lines, rest = (rest + data).split(b"\n")
+                    if lines:
+                        self.feed_lines(stream, [line.decode("utf-8", "replace") for line in lines])
+                    if not self.collecting:
+                        time.sleep(LAZY_READ_S)
             except (OSError, ValueError):
                 pass
             finally:
+                if rest:
+                    self.feed(stream, rest.decode("utf-8", "replace"))
                 self.eof(stream)
 
         thread = threading.Thread(target=pump, name=f"logs-{stream}", daemon=True)

@@ -158,3 +158,23 @@ def test_docker_factory_starts_a_runtime(tmp_path: object) -> None:
         factory.remove(handle, graceful=False)
         factory.close()
     assert not factory.alive(handle)
+
+
+def test_log_reader_splits_what_arrives_into_lines_and_drains_lazily_when_nobody_collects() -> None:
+    import os
+
+    for collecting in (True, False):
+        logs = LogCollector()
+        logs.collecting = collecting
+        logs.eof("stderr")  # only stdout here
+        read_fd, write_fd = os.pipe()
+        thread = logs.follow("stdout", os.fdopen(read_fd, "rb"))
+        os.write(write_fd, b"one\r\ntw")
+        time.sleep(0.05)
+        os.write(write_fd, "o \u00e9\n".encode()[:3])
+        os.write(write_fd, "o \u00e9\n".encode()[3:] + f"{SENTINEL}\nlast, no newline".encode())
+        assert [line.split(" ", 1)[1] for line in logs.collect(timeout_s=5)] == ["stdout: one", "stdout: two \u00e9"]
+        os.close(write_fd)
+        thread.join(5)
+        assert not thread.is_alive()
+        assert [line.split(" ", 1)[1] for line in logs.collect(timeout_s=5)] == ["stdout: last, no newline"]
