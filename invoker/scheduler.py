@@ -37,7 +37,7 @@ from typing import Any
 from faas_llm.autoscale import instances_to_start, starts_below_min
 from faas_llm.errors import ActivationStatus
 from faas_llm.keys import Keys
-from faas_llm.placement import NodeView, PlacementPolicy, PlacementRequest, views_from_reports
+from faas_llm.placement import NodeView, PlacementPolicy, PlacementRequest, views_from_reports, with_start_under_way
 from faas_llm.settings import Settings
 from faas_llm.types import Action, ContainerState, Limits, NodeReport, now_ms
 from invoker import streams
@@ -93,6 +93,17 @@ def book_start(views: list[NodeView], node: str, size_bytes: int) -> list[NodeVi
     return [dataclasses.replace(v, free_slots=v.free_slots - 1, queue_bytes=v.queue_bytes + size_bytes,
                                 prewarmed=max(0, v.prewarmed - 1))
             if v.node == node else v for v in views]
+
+
+def book_start_under_way(views: list[NodeView], node: str, size_bytes: int, load_s: float, run_s: float,
+                         run_sd: float | None) -> list[NodeView]:
+    """After a start request of the action to ``node`` (loaded in ``load_s``): the slot and the load are booked
+    (:func:`book_start`), the new instance is listed among the action's busy ones, free after its load and one
+    run (:func:`faas_llm.placement.with_start_under_way`: the pass's next decisions can wait for it instead of
+    starting one load per queued request), and the node offers no second start of the action: its pool answers
+    one while this one starts with ``WARMING`` and starts nothing (:func:`faas_llm.pool_policy.choose`)."""
+    views = with_start_under_way(book_start(views, node, size_bytes), node, load_s, run_s, run_sd)
+    return [dataclasses.replace(v, free_slots=0) if v.node == node else v for v in views]
 
 
 def instances_of(reports: list[NodeReport], namespace: str, action: str) -> tuple[int, int]:
@@ -214,7 +225,7 @@ class Scheduler:
             self.send_start(decision.node, action)
             log.info("placing %s/%s on %s (%s, est. %.2fs)", ns, name, decision.node, decision.tier.value,
                      decision.startup_s)
-            views = book_start(views, decision.node, request.size_bytes)
+            views = book_start_under_way(views, decision.node, request.size_bytes, decision.startup_s, run_s, run_sd)
             sent += 1
         return sent
 
@@ -229,11 +240,12 @@ class Scheduler:
         dist = read_distribution(self.r, self.keys, ns, name)
         if dist is None:
             run_s = self.expected_run_s(ns, name)
-            return (views_from_reports(request, reports, inventories, expected_run_s=run_s, boot_s=self.boot_s()),
+            return (views_from_reports(request, reports, inventories, expected_run_s=run_s, boot_s=self.boot_s(),
+                                       starting_as_busy=True),
                     run_s, None)
         elapsed = busy_elapsed(self.r, self.keys, reports, ns, name, now_ms())
         views = views_from_reports(request, reports, inventories, expected_run_s=dist.mean, boot_s=self.boot_s(),
-                                   run_times=dist, busy_elapsed_s=elapsed)
+                                   run_times=dist, busy_elapsed_s=elapsed, starting_as_busy=True)
         return views, dist.mean, math.sqrt(dist.variance)
 
     def send_start(self, node: str, action: Action) -> str:
