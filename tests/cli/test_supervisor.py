@@ -45,7 +45,9 @@ def test_stop_leaves_no_process_behind(tmp_path: Path) -> None:
     grandchildren = [int(p) for p in pids_file.read_text().split()]
     everyone = [children[0].pid, *grandchildren]
     assert all(psutil.pid_exists(p) for p in everyone)
-    assert sup.dead() == []  # also records descendants
+    assert sup.dead() == []  # also records descendants (one scan of the process list for all children)
+    assert {p: children[0].seen.get(p) for p in grandchildren} == {
+        p: psutil.Process(p).create_time() for p in grandchildren}
     sup.stop(grace_s=2)
     for pid in everyone:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
