@@ -214,7 +214,9 @@ def simulate(seq: Sequence[tuple[float, int, int]], models: int, nbytes: int, ca
     # the invoker's scheduling: the cold-start watch places a start at once, everything else on its tick
     # (heartbeat_interval_s); the pool starts no second instance of a model while one is starting (WARMING);
     # busy instances' free times tail-aware from the runs it has seen (invoker/run_times.py)
-    sim = Simulator(wl, make_policy("locality"), spec, GpuModel(), seed=0, tick_s=args.tick, warming=True)
+    # as the real invoker since 4658998: starting instances are servers of their queue (starting_as_busy)
+    sim = Simulator(wl, make_policy("locality"), spec, GpuModel(), seed=0, tick_s=args.tick, warming=True,
+                    starting_as_servers=True)
     mean_run = sum(r.run_s for r in reqs) / len(reqs)
     sim.expected_run = [mean_run] * models
     dist = RunTimeDistribution(r.run_s for r in reqs)
