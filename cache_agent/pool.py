@@ -11,7 +11,10 @@ the development VM), one on 2 MiB pages a few hundred. ``/dev/shm`` gives huge p
 ``/sys/kernel/mm/transparent_hugepage/shmem_enabled`` is ``always``/``within_size``/``advise``;
 a tmpfs mounted ``huge=always`` (``FAAS_LLM_DRAM_POOL_DIR``) gives them regardless. The pool
 measures what it got after pre-faulting (:func:`mapping_pages`, from ``/proc/self/smaps``) and
-the agent logs it, with :func:`pool_page_advice` when it is 4 KiB (see docs/deploy.md).
+the agent logs it, with :func:`pool_page_advice` when it is 4 KiB (see docs/deploy.md). On 4 KiB pages
+the runtimes build their page tables ahead of the first forward instead (a prewarmed runtime maps and
+populates the whole pool before /init: :func:`faas_llm.cache_client.premap_pool`; otherwise /init
+populates the lease's range: ``runtime_populate_threads``).
 """
 
 from __future__ import annotations

@@ -70,7 +70,9 @@ from faas_llm.types import LoadTier, check_model_name
 
 log = logging.getLogger(__name__)
 HUGE_PAGE = 2 * 1024 * 1024
-PREMAP_MAX_BYTES = 16 * 1024**3  # a premapped pool costs 2 MiB of page tables per GiB (4 KiB pages) per process
+#: settings.runtime_premap_pool_max_bytes' default: a premapped pool costs 2 MiB of page tables per GiB (4 KiB
+#: pages) per process
+PREMAP_MAX_BYTES: int = Settings.model_fields["runtime_premap_pool_max_bytes"].default
 
 
 @dataclass
@@ -142,7 +144,7 @@ def premapped(segment: str, offset: int, nbytes: int) -> memoryview | None:
     return pool.view(segment, offset, nbytes) if pool is not None else None
 
 
-def start_premap(settings: Settings, *, threads: int = 2) -> threading.Thread:
+def start_premap(settings: Settings, *, threads: int | None = None) -> threading.Thread:
     """:func:`premap_pool` on a background thread (a runtime is ready without waiting for it); a lease
     taken before it finished stops it and maps its own extent instead."""
     _premap_stop.clear()
@@ -152,7 +154,7 @@ def start_premap(settings: Settings, *, threads: int = 2) -> threading.Thread:
     return thread
 
 
-def premap_pool(settings: Settings, *, threads: int = 2) -> PoolMapping | None:
+def premap_pool(settings: Settings, *, threads: int | None = None) -> PoolMapping | None:
     """In a prewarmed runtime, before /init: ask the node's cache agent where its DRAM pool is and, where
     :func:`premap_policy` says so, map and populate it whole (~0.2-1 s per 2.6 GB of 4 KiB pages on
     the dev VM, off the request path). None when there is no agent, nothing to do, or a lease came first."""
@@ -160,10 +162,11 @@ def premap_pool(settings: Settings, *, threads: int = 2) -> PoolMapping | None:
         status = CacheClient(settings, heartbeat=False, timeout_s=5).status()
     except CacheAgentError:
         return None
-    if not premap_policy(status.dram_page_bytes, status.dram_capacity):
+    if not premap_policy(status.dram_page_bytes, status.dram_capacity, settings.runtime_premap_pool_max_bytes):
         return None
+    threads = settings.runtime_populate_threads if threads is None else threads
     try:
-        pool = map_pool(status.segment, threads=threads, stop=_premap_stop)
+        pool = map_pool(status.segment, threads=max(1, threads), stop=_premap_stop)
     except OSError as exc:
         log.warning("could not premap the DRAM pool %s: %s", status.segment, exc)
         return None
@@ -329,9 +332,10 @@ class CacheClient:
     """Talks to the node's cache agent over its unix socket (a connection per call)."""
 
     def __init__(self, settings: Settings, socket_path: Path | None = None, *, timeout_s: float = 600.0,
-                 heartbeat: bool = True, populate_threads: int = 2) -> None:
+                 heartbeat: bool = True, populate_threads: int | None = None) -> None:
         self.settings = settings
-        self.populate_threads = populate_threads  # load_model on a 4 KiB-page pool: see populate_policy
+        # load_model on a 4 KiB-page pool: see populate_policy (default: settings.runtime_populate_threads)
+        self.populate_threads = settings.runtime_populate_threads if populate_threads is None else populate_threads
         self.socket_path = socket_path or settings.cache_socket_path
         self.timeout_s = timeout_s
         self._leases: dict[str, CacheLease] = {}

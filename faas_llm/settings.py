@@ -92,6 +92,15 @@ class Settings(BaseModel):
         50_000_000, ge=0, description="With runtime_torch_threads 0, a model with fewer parameters runs on one "
         "torch intra-op thread (larger ones keep torch's default); 0: always torch's default.",
     )
+    runtime_populate_threads: int = Field(
+        2, ge=0, description="Threads that build the page tables of a checkpoint mapped from a DRAM pool of 4 KiB "
+        "pages (MADV_POPULATE_READ), so the first forward pays no page faults; 0: map lazily.",
+    )
+    runtime_premap_pool_max_bytes: int = Field(
+        16 * 1024**3, ge=0, description="A prewarmed runtime maps and populates the cache agent's whole DRAM pool "
+        "of 4 KiB pages up to this size before /init (2 MiB of page tables per GiB per runtime), so a lease is a "
+        "view with its page tables built; 0: never.",
+    )
     runtime_model: str = Field(
         "", description="Model a runtime loads at start with no /init (Knative): a registry name or a checkpoint "
         "directory (starting with /, . or ~); empty: wait for /init.",
