@@ -64,10 +64,12 @@ class RuntimeServer:
 
         from action_runtime.app import build_service
         from action_runtime.routes import RuntimeRoutes
+        from faas_llm.gcfreeze import freeze_long_lived
 
         if self._stop.is_set():
             os._exit(0)
         service = build_service(self.settings)
+        freeze_long_lived("the runtime after its prewarm")  # and again after /init (service.init)
         server.handle = RuntimeRoutes(service).handle
         threading.Thread(target=server.serve_forever, name="runtime-accept", daemon=True).start()
         while not self._stop.wait(1.0):

@@ -32,6 +32,7 @@ from faas_llm.errors import (
     InitError,
     RequestError,
 )
+from faas_llm.gcfreeze import freeze_long_lived
 from faas_llm.genparams import GenerationParams, parse_generation_params
 from faas_llm.settings import Settings
 from faas_llm.types import LoadTier, new_activation_id, parse
@@ -131,6 +132,7 @@ class RuntimeService:
             raise InitError(f"the action failed to initialize: {type(exc).__name__}: {exc}") from None
         self._init_error = None
         self._state = "ready"
+        freeze_long_lived("the runtime's model")  # the model, tokenizer and engine live as long as the process
         return {"ok": True, "model": info.model, "load_tier": info.tier.value, "load_s": info.load_s,
                 "init_s": info.init_s, "source": info.source}
 

@@ -77,6 +77,9 @@ class GatewayServer(BaseApplication):
                 self.cfg.set(key, value)
 
     def load(self) -> Flask:
+        from faas_llm.gcfreeze import freeze_long_lived
         from gateway.app import create_app
 
-        return create_app(self.settings)
+        app = create_app(self.settings)
+        freeze_long_lived("a gateway worker's app")
+        return app

@@ -11,6 +11,7 @@ import signal
 import threading
 from types import FrameType
 
+from faas_llm.gcfreeze import freeze_long_lived
 from faas_llm.settings import Settings, get_settings
 from invoker.service import Invoker
 
@@ -28,6 +29,7 @@ def main(settings: Settings | None = None) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     invoker.start()
+    freeze_long_lived("the invoker")
     try:
         while not stop.wait(1.0):
             pass
