@@ -100,6 +100,17 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def quiet_gc() -> None:
+    """Before a load generator measures: collect once and freeze what is alive (``gc.freeze``). A bench
+    process that built a model has imported torch and transformers (~380,000 objects), and a full
+    collection of them took ~220 ms: a stall of every sender that the latencies would charge to the
+    system under test (measured: one such stall per open-loop round put its p99 at 140-260 ms)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def drop_page_cache() -> bool:
     """Drop the page cache (root only). Returns False where it could not."""
     try:

@@ -43,7 +43,7 @@ if __package__ in (None, ""):
 
 import psutil
 
-from bench.common import Row, add_common_args, print_table, write_json
+from bench.common import Row, add_common_args, print_table, quiet_gc, write_json
 from bench.up_cluster import REPO, UpCluster, bench_env
 
 ACTION = "ovh"
@@ -265,6 +265,7 @@ def run_config(label: str, repo: Path, model_dir: Path, args: argparse.Namespace
             record = first.record or client.wait_activation(first.activation_id, 300)
             if not record.response.success:
                 raise SystemExit(f"[{label}] the first (cold) invoke failed: {record.response}")
+        quiet_gc()  # the load generator's own full collections are not the system's latency
         load = os.getloadavg()[0]
         rows += sequential(cluster, args.n)
         for rate in args.rates:

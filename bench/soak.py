@@ -55,7 +55,7 @@ import redis
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import Row, add_common_args, print_table, write_json
+from bench.common import Row, add_common_args, print_table, quiet_gc, write_json
 from faas_llm.demo_models import make_demo_model
 from faas_llm.keys import Keys
 from faas_llm.redis_server import free_port
@@ -383,6 +383,7 @@ def main() -> None:
         cluster.up()
         try:
             prepare(cluster, home)
+            quiet_gc()  # the senders' own full collections are not the system's latency
             cold = cluster.sample()
             r = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
             if args.invocations:
