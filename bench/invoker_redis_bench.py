@@ -32,9 +32,9 @@ from faas_llm.errors import ActivationStatus
 from faas_llm.keys import Keys
 from faas_llm.popularity import record_invocation
 from faas_llm.redis_server import RedisServer
+from faas_llm.thread_redis import ThreadRedis
 from faas_llm.types import ActivationRecord, Invocation, new_activation_id, now_ms
 from invoker import claims
-from invoker.leanredis import LeanRedis
 from invoker.records import RunFacts, build_record
 
 RESULT = {"text": " x", "finish_reason": "length", "timings": {"ttft_s": 0.001, "total_s": 0.002},
@@ -47,7 +47,7 @@ class Runs:
         self.r, self.keys = r, keys
         self.group, self.queue = keys.consumer_group(), keys.action_queue("guest", "ovh")
         self.old_store = ActivationStore(r, keys)
-        lean = LeanRedis(r)
+        lean = ThreadRedis(r)
         self.lean = lean
         self.new_store = ActivationStore(r, keys, run_script=lean.run_script)
         self.claims = claims.RunClaims(r, keys, CONSUMER, self.group, 15_000, 900, run_script=lean.run_script)

@@ -107,7 +107,7 @@ class ActivationStore:
     def __init__(self, client: redis.Redis, keys: Keys, retention_s: int = 7 * 86400, *,
                  run_script: ScriptRunner | None = None) -> None:
         """``run_script(script, keys, args)``: how the completion scripts are sent (default: through
-        ``client``; the invoker sends them on its own per-thread connection, ``invoker.leanredis``)."""
+        ``client``; the invoker sends them on its own per-thread connection, ``faas_llm.thread_redis``)."""
         # redis-py's stubs type replies as unions of everything; treat replies as Any here.
         self.r: Any = client
         self.keys = keys

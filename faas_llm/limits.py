@@ -165,7 +165,7 @@ class Limiter:
     def __init__(self, client: redis.Redis, keys: Keys, defaults: NamespaceLimits,
                  run_admit_script: Callable[..., Any] | None = None) -> None:
         """``run_admit_script(keys=..., args=...)`` runs :data:`ADMIT_SCRIPT` (default: redis-py's
-        registered script on ``client``; the gateway passes a leaner one, gateway/direct_redis.py)."""
+        registered script on ``client``; the gateway passes a leaner one, faas_llm/thread_redis.py)."""
         self.r: Any = client
         self.keys = keys
         self.defaults = defaults

@@ -13,7 +13,7 @@ from faas_llm.auth import AuthStore
 from faas_llm.keys import Keys
 from faas_llm.limits import ADMIT_SCRIPT, Limiter, NamespaceLimits
 from faas_llm.settings import Settings
-from gateway.direct_redis import DirectRedis
+from faas_llm.thread_redis import ThreadRedis
 from gateway.http_auth import CredentialCache
 from gateway.metrics import GatewayMetrics
 from gateway.services.actions import ActionService
@@ -43,7 +43,7 @@ class Gateway:
         keys = Keys(settings.key_prefix)
         actions = ActionService(ActionStore(client, keys), settings)
         activations = ActivationStore(client, keys, settings.activation_retention_s)
-        direct = DirectRedis(client)
+        direct = ThreadRedis(client)
         limiter = Limiter(client, keys, NamespaceLimits(settings.invocations_per_minute,
                                                         settings.concurrent_invocations),
                           direct.script(ADMIT_SCRIPT))

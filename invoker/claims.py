@@ -75,7 +75,7 @@ class RunClaims:
 
     def __init__(self, r: Any, keys: Keys, consumer: str, group: str, claim_ms: int, popularity_window_s: int,
                  *, run_script: ScriptRunner | None = None) -> None:
-        """``run_script``: how the script is sent (default: through ``r``; see :mod:`invoker.leanredis`)."""
+        """``run_script``: how the script is sent (default: through ``r``; see :mod:`faas_llm.thread_redis`)."""
         self.r, self.keys, self.consumer, self.group = r, keys, consumer, group
         self.claim_ms = claim_ms
         self.popularity_ttl_s = popularity_window_s + 120  # as faas_llm.popularity.record_invocation

@@ -36,11 +36,11 @@ from faas_llm.errors import ActivationStatus, DeveloperError
 from faas_llm.keys import Keys
 from faas_llm.migration_slots import LeasedSlots, LeaseSet
 from faas_llm.settings import Settings
+from faas_llm.thread_redis import ThreadRedis
 from faas_llm.types import ActivationRecord, Invocation, Limits, LoadTier, now_ms
 from invoker import claims, replay, runtime_client, streams
 from invoker.cluster import ActionCache
 from invoker.container import Container
-from invoker.leanredis import LeanRedis
 from invoker.metrics import InvokerMetrics
 from invoker.pool import ContainerPool
 from invoker.records import RunFacts, build_record, failure_record, runtime_ttft, timeout_message
@@ -86,7 +86,7 @@ class Abandoned(Exception):
 
 class Dispatcher:
     def __init__(self, settings: Settings, r: Any, keys: Keys, store: ActivationStore, pool: ContainerPool,
-                 actions: ActionCache, metrics: InvokerMetrics, consumer: str, *, lean: LeanRedis | None = None
+                 actions: ActionCache, metrics: InvokerMetrics, consumer: str, *, lean: ThreadRedis | None = None
                  ) -> None:
         self.settings, self.r, self.keys, self.store = settings, r, keys, store
         self.pool, self.actions, self.metrics, self.consumer = pool, actions, metrics, consumer
@@ -98,7 +98,7 @@ class Dispatcher:
         self.threads: list[threading.Thread] = []
         self.leases = LeaseSet()  # slot leases held by migrated runs of this invoker (renewed every heartbeat)
         # the warm path's own Redis calls (XREADGROUP, the claim script) on one connection per thread
-        self.lean = lean or LeanRedis(r)
+        self.lean = lean or ThreadRedis(r)
         self.claims = claims.RunClaims(r, keys, consumer, self.group, settings.claim_idle_ms,
                                        settings.prefetch_window_s, run_script=self.lean.run_script)
 

@@ -29,6 +29,7 @@ from faas_llm.errors import ActivationStatus, FaasLLMError
 from faas_llm.keys import Keys
 from faas_llm.placement import make_policy
 from faas_llm.settings import Settings
+from faas_llm.thread_redis import ThreadRedis
 from faas_llm.types import Action, ContainerState, NodeReport, Scaling, now_ms
 from invoker import reclaim, streams
 from invoker.cluster import ActionCache, publish_report, read_reports, withdraw_report
@@ -36,7 +37,6 @@ from invoker.coldwatch import ColdWatch
 from invoker.container import Container
 from invoker.dispatch import Dispatcher
 from invoker.factory import ContainerFactory, make_factory
-from invoker.leanredis import LeanRedis
 from invoker.leases import SlotLeases
 from invoker.metrics import InvokerMetrics
 from invoker.pool import ContainerPool
@@ -53,8 +53,8 @@ class Invoker:
         self.r: Any = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
         # the store also buffers each run's time for the placement's run-time distribution (invoker.run_times)
         self.run_times = RunTimeBuffer(self.keys)
-        # the warm path's Redis calls go over one connection per thread (invoker.leanredis)
-        self.lean = LeanRedis(self.r)
+        # the warm path's Redis calls go over one connection per thread (faas_llm.thread_redis)
+        self.lean = ThreadRedis(self.r)
         self.store: ActivationStore = RecordingStore(self.r, self.keys, settings.activation_retention_s,
                                                      self.run_times, run_script=self.lean.run_script)
         self.consumer = f"{settings.node_id}:{os.getpid()}:{secrets.token_hex(3)}"

@@ -24,8 +24,8 @@ from faas_llm.errors import (
 )
 from faas_llm.limits import Limiter, StaleAction
 from faas_llm.settings import Settings
+from faas_llm.thread_redis import ThreadRedis
 from faas_llm.types import Action, ActivationRecord, Invocation, new_activation_id, now_ms
-from gateway.direct_redis import DirectRedis
 from gateway.services.action_cache import ActionCache
 from gateway.services.actions import ActionService
 
@@ -103,7 +103,7 @@ def stored_record_error(record: dict[str, Any]) -> FaasLLMError | None:
 
 
 def wait_record_json(store: ActivationStore, activation_id: str, timeout_s: float,
-                     direct: DirectRedis | None = None) -> str | None:
+                     direct: ThreadRedis | None = None) -> str | None:
     """The record of an activation queued a moment ago, as its stored JSON, once stored; ``None`` if it
     is not stored within ``timeout_s``.
 
@@ -148,7 +148,7 @@ def status_code_http(code: int) -> int:
 class InvokeService:
     def __init__(
         self, actions: ActionService, activations: ActivationStore, limiter: Limiter, settings: Settings,
-        direct: DirectRedis | None = None,
+        direct: ThreadRedis | None = None,
     ) -> None:
         self.direct = direct
         self.actions = actions

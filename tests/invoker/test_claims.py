@@ -14,9 +14,9 @@ from faas_llm.activations import ActivationStore
 from faas_llm.errors import ActivationStatus
 from faas_llm.keys import Keys
 from faas_llm.popularity import recent_counts, record_invocation
+from faas_llm.thread_redis import ThreadRedis
 from faas_llm.types import Invocation, new_activation_id, now_ms
 from invoker import claims, streams
-from invoker.leanredis import LeanRedis
 from invoker.records import failure_record
 
 GROUP_CONSUMER = "node-a:1:abc"
@@ -45,8 +45,8 @@ def _fields(inv: Invocation) -> dict[str, Any]:
 
 
 def _claims(r: Any, keys: Keys, consumer: str = GROUP_CONSUMER) -> claims.RunClaims:
-    # the invoker sends it on its own connection (invoker.leanredis); the client's Script gives the same
-    return claims.RunClaims(r, keys, consumer, keys.consumer_group(), 15_000, 900, run_script=LeanRedis(r).run_script)
+    # the invoker sends it on its own connection (faas_llm.thread_redis); the client's Script gives the same
+    return claims.RunClaims(r, keys, consumer, keys.consumer_group(), 15_000, 900, run_script=ThreadRedis(r).run_script)
 
 
 def test_the_script_replies_alike_through_the_client(r: Any, keys: Keys) -> None:
@@ -123,7 +123,7 @@ def test_our_own_claim_runs_again_and_a_late_run_is_claimed_but_not_registered(r
 
 
 def test_complete_and_ack_unregisters_the_run_from_every_node_it_ran_on(r: Any, keys: Keys) -> None:
-    store = ActivationStore(r, keys, run_script=LeanRedis(r).run_script)
+    store = ActivationStore(r, keys, run_script=ThreadRedis(r).run_script)
     inv, queue, entry_id = _queued(r, keys, store)
     other, _q, _e = _queued(r, keys, store)
     for i in (inv, other):

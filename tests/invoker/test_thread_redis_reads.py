@@ -1,4 +1,5 @@
-"""invoker.leanredis against a real Redis: the same replies as redis-py's client, script reloads, reconnects."""
+"""faas_llm/thread_redis.py as the invoker uses it, against a real Redis: the same replies as redis-py's
+client, script reloads, reconnects."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import redis
 
 from faas_llm.activations import ActivationStore
 from faas_llm.keys import Keys
+from faas_llm.thread_redis import ThreadRedis
 from faas_llm.types import Invocation, new_activation_id, now_ms
-from invoker.leanredis import LeanRedis
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def test_xreadgroup_gives_what_the_client_gives(r: Any, keys: Keys) -> None:
     queue = keys.action_queue("guest", "a")
     r.xgroup_create(queue, "g1", id="0")
     r.xgroup_create(queue, "g2", id="0")
-    lean = LeanRedis(r)
+    lean = ThreadRedis(r)
     ours = lean.xreadgroup_one_stream("g1", "c", queue, 2, 100)
     [(_s, theirs)] = r.xreadgroup("g2", "c", {queue: ">"}, count=2, block=100)
     assert ours == [(eid, fields) for eid, fields in theirs] and len(ours) == 2
@@ -40,7 +41,7 @@ def test_xreadgroup_gives_what_the_client_gives(r: Any, keys: Keys) -> None:
 
 
 def test_scripts_survive_a_flushed_script_cache_and_a_killed_connection(r: Any) -> None:
-    lean = LeanRedis(r)
+    lean = ThreadRedis(r)
     script = r.register_script("redis.call('incr', KEYS[1]); return {tonumber(ARGV[1]), redis.call('get', KEYS[1])}")
     assert lean.run_script(script, ["n"], [7]) == [7, "1"]
     r.script_flush()
@@ -61,7 +62,7 @@ def test_scripts_survive_a_flushed_script_cache_and_a_killed_connection(r: Any) 
 
 
 def test_each_thread_has_its_own_connection(r: Any) -> None:
-    lean = LeanRedis(r)
+    lean = ThreadRedis(r)
     ids: list[int] = []
 
     def worker() -> None:
