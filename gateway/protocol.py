@@ -61,7 +61,14 @@ def flag(args: Mapping[str, str], name: str) -> bool:
     raise RequestError(f"The parameter '{name}' must be true or false, got {value!r}.")
 
 
-def _non_negative(args: Mapping[str, str], name: str, default: int) -> int:
+#: the largest ``skip``: OpenWhisk parses it as a 32-bit Int (a larger value is a 400 there too); Redis
+#: ranges past it would overflow its 64-bit indexes
+SKIP_MAX = 2**31 - 1
+#: the largest timestamp (``since``, ``upto``: epoch milliseconds, a 64-bit integer in Redis)
+MILLIS_MAX = 2**63 - 1
+
+
+def _non_negative(args: Mapping[str, str], name: str, default: int, maximum: int = MILLIS_MAX) -> int:
     value = args.get(name)
     if value is None or value == "":
         return default
@@ -71,6 +78,8 @@ def _non_negative(args: Mapping[str, str], name: str, default: int) -> int:
         raise RequestError(f"The value '{value}' is not an integer for '{name}'.") from None
     if number < 0:
         raise RequestError(f"The value '{value}' is not a non-negative integer for '{name}'.")
+    if number > maximum:
+        raise RequestError(f"The value '{value}' is out of range for '{name}' (at most {maximum}).")
     return number
 
 
@@ -110,7 +119,8 @@ class ListQuery(BaseModel):
 
     @classmethod
     def from_args(cls, args: Mapping[str, str], collection: str = "actions") -> ListQuery:
-        return cls(limit=cls._limit(args, collection), skip=_non_negative(args, "skip", 0), count=flag(args, "count"))
+        return cls(limit=cls._limit(args, collection), skip=_non_negative(args, "skip", 0, SKIP_MAX),
+                   count=flag(args, "count"))
 
 
 class ActivationListQuery(ListQuery):
@@ -124,7 +134,8 @@ class ActivationListQuery(ListQuery):
         since = args.get("since")
         upto = args.get("upto")
         return cls(
-            limit=cls._limit(args, collection), skip=_non_negative(args, "skip", 0), count=flag(args, "count"),
+            limit=cls._limit(args, collection), skip=_non_negative(args, "skip", 0, SKIP_MAX),
+            count=flag(args, "count"),
             name=args.get("name") or None, docs=flag(args, "docs"),
             since=None if since is None else _non_negative(args, "since", 0),
             upto=None if upto is None else _non_negative(args, "upto", 0),

@@ -74,6 +74,11 @@ def test_list_limit_skip_count(ow: OW) -> None:
     assert too_many.status_code == 400
     assert too_many.json()["error"] == "The value '201' is not in the range of 0 to 200 for actions."
     assert ow.session.get(ow.url("actions"), params={"skip": -1}).status_code == 400
+    assert ow.session.get(ow.url("actions"), params={"skip": 2**31 - 1}).json() == []  # past the end: empty
+    huge = ow.session.get(ow.url("actions"), params={"skip": 4798577261850340544753589813248})  # the fuzzer's
+    assert huge.status_code == 400 and "out of range for 'skip'" in huge.json()["error"]
+    huge_since = ow.session.get(ow.url("activations"), params={"since": 2**64})
+    assert huge_since.status_code == 400 and "out of range for 'since'" in huge_since.json()["error"]
 
 
 def test_delete_returns_the_entity_then_404(ow: OW) -> None:
