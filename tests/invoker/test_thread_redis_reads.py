@@ -63,16 +63,21 @@ def test_scripts_survive_a_flushed_script_cache_and_a_killed_connection(r: Any) 
 
 def test_each_thread_has_its_own_connection(r: Any) -> None:
     lean = ThreadRedis(r)
-    ids: list[int] = []
+    pairs: list[tuple[int, int]] = []  # one (first, second) CLIENT ID per thread: appends of a pair never interleave
+    started = threading.Barrier(3)
 
     def worker() -> None:
-        ids.append(int(lean.call("CLIENT", "ID")))
-        ids.append(int(lean.call("CLIENT", "ID")))
+        started.wait()  # all three threads alive at once, so none can inherit another's connection
+        first = int(lean.call("CLIENT", "ID"))
+        second = int(lean.call("CLIENT", "ID"))
+        pairs.append((first, second))
 
     threads = [threading.Thread(target=worker) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(ids) == 6 and len(set(ids)) == 3 and all(ids[i] == ids[i + 1] for i in range(0, 6, 2))
+    assert len(pairs) == 3
+    assert all(first == second for first, second in pairs)  # a thread keeps its connection
+    assert len({first for first, _ in pairs}) == 3  # and no two threads share one
     lean.close()
