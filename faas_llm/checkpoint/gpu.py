@@ -7,11 +7,17 @@ copy runs it reads chunk k+1 into the other buffer. Before a buffer is refilled,
 thread waits on the event recorded after the copy out of it. The GPU region is one
 allocation; tensors are views into it, as on the CPU.
 
+Several reader threads keep the host side ahead of the PCIe link: one thread reading from the
+page cache (or an O_DIRECT disk read) into pinned memory moves 2-3 GB/s, a 16-lane PCIe 5 link
+55 GB/s (``bench/RESULTS.md``, H200). By default one thread per CPU, at most 8
+(:func:`gpu_reader_threads`), with 16 MiB reads (:data:`GPU_CHUNK_BYTES`).
+
 Needs CUDA; tested by the ``gpu``-marked tests and ``bench/gpu_load.py`` on a GPU machine.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -21,9 +27,24 @@ import torch
 from torch import nn
 
 from faas_llm.checkpoint.format import CheckpointIndex
-from faas_llm.checkpoint.reader import DEFAULT_CHUNK_BYTES, LoadStats, ReadTask, plan_reads, verify_chunk
+from faas_llm.checkpoint.reader import LoadStats, ReadTask, plan_reads, verify_chunk
 from faas_llm.checkpoint.sources import CheckpointSource, as_source
 from faas_llm.errors import CheckpointError
+
+MiB = 1024 * 1024
+#: default size of one read of the GPU pipeline (each reader thread pins two such buffers)
+GPU_CHUNK_BYTES = 16 * MiB
+#: at most this many reader threads by default (more only adds pinned memory)
+GPU_MAX_DEFAULT_THREADS = 8
+
+
+def gpu_reader_threads(cpus: int | None, configured: int = 0) -> int:
+    """Reader threads of the GPU pipeline: ``configured`` when set (> 0), else one per CPU, at most
+    :data:`GPU_MAX_DEFAULT_THREADS` (unknown CPU count: 1)."""
+    if configured > 0:
+        return configured
+    return max(1, min(GPU_MAX_DEFAULT_THREADS, cpus or 1))
+
 
 _staging_lock = threading.Lock()
 _staging_free: dict[int, list[torch.Tensor]] = {}
@@ -43,17 +64,28 @@ def _give_back_staging(buffer: torch.Tensor) -> None:
         _staging_free.setdefault(buffer.numel(), []).append(buffer)
 
 
+def prepare_staging(threads: int | None = None, chunk_bytes: int = GPU_CHUNK_BYTES) -> int:
+    """Pin the staging buffers of a later :func:`load_to_device` now (a prewarmed runtime does this
+    before any request: pinning takes milliseconds per buffer). Returns the bytes pinned."""
+    threads = threads or gpu_reader_threads(os.cpu_count())
+    buffers = [_take_staging(chunk_bytes) for _ in range(2 * threads)]
+    for buffer in buffers:
+        _give_back_staging(buffer)
+    return sum(b.numel() for b in buffers)
+
+
 def load_to_device(
     src: str | Path | CheckpointSource,
     index: CheckpointIndex | None = None,
     *,
     device: str | torch.device = "cuda",
     verify: bool = True,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    threads: int = 1,
+    chunk_bytes: int = GPU_CHUNK_BYTES,
+    threads: int | None = None,
     direct_io: bool = True,
 ) -> tuple[torch.Tensor, LoadStats]:
-    """Read the checkpoint into one flat uint8 tensor on ``device`` (via pinned staging buffers).
+    """Read the checkpoint into one flat uint8 tensor on ``device`` (via pinned staging buffers),
+    with ``threads`` readers (default :func:`gpu_reader_threads`).
 
     Returns the region tensor (use :func:`~faas_llm.checkpoint.tensors.tensors_from_region`)
     and the stats. Raises CheckpointError; on an error nothing is returned."""
@@ -64,7 +96,7 @@ def load_to_device(
     index = index or source.index
     tasks = plan_reads(index, chunk_bytes)
     step = max(t.nbytes for t in tasks)
-    threads = max(1, min(threads, len(tasks)))
+    threads = max(1, min(threads or gpu_reader_threads(os.cpu_count()), len(tasks)))
     started = time.perf_counter()
     region = torch.empty(index.total_bytes, dtype=torch.uint8, device=dev)
     pending = iter(tasks)
@@ -145,7 +177,8 @@ def load_model_to_device(
     started = time.perf_counter()
     options: dict[str, Any] = {}
     if settings is not None:
-        options = {"chunk_bytes": settings.loader_chunk_bytes, "threads": settings.loader_threads,
+        options = {"chunk_bytes": settings.loader_gpu_chunk_bytes,
+                   "threads": gpu_reader_threads(os.cpu_count(), settings.loader_gpu_threads),
                    "direct_io": settings.loader_direct_io}
     source = as_source(ckpt, direct_io=options.get("direct_io", True))
     config_dir = source.config_dir
