@@ -113,7 +113,7 @@ class Settings(BaseModel):
     loader_huge_pages: bool = Field(True, description="Back the loader's region with huge pages where available.")
     loader_gpu_threads: int = Field(
         0, ge=0, le=64, description="Reader threads of the GPU pipeline (each with its own pinned staging buffers "
-        "and CUDA stream); 0: one per CPU, at most 8.",
+        "and CUDA stream); 0: one per CPU, at most 16.",
     )
     loader_gpu_chunk_bytes: int = Field(
         16 * MiB, ge=MiB, description="One read of the GPU pipeline (each reader thread pins two of them).",

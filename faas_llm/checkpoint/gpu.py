@@ -9,7 +9,7 @@ allocation; tensors are views into it, as on the CPU.
 
 Several reader threads keep the host side ahead of the PCIe link: one thread reading from the
 page cache (or an O_DIRECT disk read) into pinned memory moves 2-3 GB/s, a 16-lane PCIe 5 link
-55 GB/s (``bench/RESULTS.md``, H200). By default one thread per CPU, at most 8
+55 GB/s (``bench/RESULTS.md``, H200). By default one thread per CPU, at most 16
 (:func:`gpu_reader_threads`), with 16 MiB reads (:data:`GPU_CHUNK_BYTES`).
 
 Needs CUDA; tested by the ``gpu``-marked tests and ``bench/gpu_load.py`` on a GPU machine.
@@ -35,7 +35,7 @@ MiB = 1024 * 1024
 #: default size of one read of the GPU pipeline (each reader thread pins two such buffers)
 GPU_CHUNK_BYTES = 16 * MiB
 #: at most this many reader threads by default (more only adds pinned memory)
-GPU_MAX_DEFAULT_THREADS = 8
+GPU_MAX_DEFAULT_THREADS = 16
 
 
 def gpu_reader_threads(cpus: int | None, configured: int = 0) -> int:

@@ -9,7 +9,7 @@ from faas_llm.settings import Settings
 
 
 @pytest.mark.parametrize(("cpus", "configured", "expected"), [
-    (None, 0, 1), (1, 0, 1), (2, 0, 2), (16, 0, GPU_MAX_DEFAULT_THREADS), (128, 0, GPU_MAX_DEFAULT_THREADS),
+    (None, 0, 1), (1, 0, 1), (2, 0, 2), (8, 0, 8), (16, 0, 16), (128, 0, GPU_MAX_DEFAULT_THREADS),
     (2, 12, 12), (None, 3, 3),
 ])
 def test_reader_threads(cpus: int | None, configured: int, expected: int) -> None:
