@@ -139,20 +139,72 @@ def busy_nodes(reports: Sequence[NodeReport], namespace: str, action: str) -> li
 def busy_elapsed(r: Any, keys: Keys, reports: Sequence[NodeReport], namespace: str, action: str,
                  now_ms: int) -> Mapping[str, list[float]]:
     """Container id -> elapsed seconds of the action's runs on it, from the running-run registry."""
-    nodes = busy_nodes(reports, namespace, action)
+    return elapsed_by_container(registered_runs(r, keys, busy_nodes(reports, namespace, action)), namespace, action,
+                                now_ms)
+
+
+def registered_runs(r: Any, keys: Keys, nodes: Sequence[str]) -> list[migration.RunningRun | None]:
+    """The running-run registry's runs on ``nodes`` (one pipeline of ``ZRANGE``, one ``MGET``; an entry
+    gone or unreadable: ``None``)."""
     if not nodes:
-        return {}
+        return []
     pipe = r.pipeline(transaction=False)
     for node in nodes:
         pipe.zrange(keys.node_running(node), 0, -1)
     ids = [a.decode() if isinstance(a, bytes) else a for batch in pipe.execute() for a in batch]
     if not ids:
-        return {}
-    raws = r.mget([keys.activation_running(a) for a in ids])
-    runs = []
-    for raw in raws:
+        return []
+    runs: list[migration.RunningRun | None] = []
+    for raw in r.mget([keys.activation_running(a) for a in ids]):
         try:
             runs.append(migration.RunningRun.model_validate_json(raw) if raw else None)
         except ValueError:
             runs.append(None)
-    return elapsed_by_container(runs, namespace, action, now_ms)
+    return runs
+
+
+# --- reports corrected by the registry ----------------------------------------------------------
+
+
+def runs_by_container(runs: Sequence[migration.RunningRun | None], now_ms: int) -> dict[str, int]:
+    """Container id -> runs registered on it and not past their deadline (pure)."""
+    out: dict[str, int] = {}
+    for run in runs:
+        if run is None or (run.deadline_ms and run.deadline_ms < now_ms):
+            continue
+        out[run.container] = out.get(run.container, 0) + 1
+    return out
+
+
+def reports_with_runs(reports: Sequence[NodeReport], counts: Mapping[str, int]) -> list[NodeReport]:
+    """The reports with each container's active runs raised to what the registry holds (pure).
+
+    A node's report is up to one heartbeat old, the registry is written by the claim itself: a run that
+    began since the last heartbeat shows in a report as an idle container, which the placement would
+    count as a free (evictable) slot and send a start to a node whose pool answers ``no_capacity``.
+    Only raises: a report's own count stands where the registry holds fewer."""
+    out: list[NodeReport] = []
+    for report in reports:
+        changed = False
+        containers = []
+        for c in report.containers:
+            n = counts.get(c.id, 0)
+            if n > c.active and c.state in (ContainerState.IDLE, ContainerState.BUSY):
+                c = c.model_copy(update={"active": n, "state": ContainerState.BUSY})
+                changed = True
+            containers.append(c)
+        out.append(report.model_copy(update={"containers": containers}) if changed else report)
+    return out
+
+
+def idle_nodes(reports: Sequence[NodeReport]) -> list[str]:
+    """Nodes whose report shows a container with room for a run (where a stale report can mislead)."""
+    return sorted({rep.node for rep in reports for c in rep.containers
+                   if c.state is ContainerState.IDLE or (c.state is ContainerState.BUSY and c.active < c.concurrency)})
+
+
+def with_registered_runs(r: Any, keys: Keys, reports: Sequence[NodeReport], now_ms: int) -> list[NodeReport]:
+    """:func:`reports_with_runs` with the registry's runs on the nodes that show room (nothing read where
+    no node does)."""
+    runs = registered_runs(r, keys, idle_nodes(reports))
+    return reports_with_runs(reports, runs_by_container(runs, now_ms)) if runs else list(reports)

@@ -43,7 +43,7 @@ from faas_llm.types import Action, ContainerState, Limits, NodeReport, now_ms
 from invoker import streams
 from invoker.cluster import ActionCache, ModelSizes, read_inventories, read_reports
 from invoker.migrate_place import MigrationPlacer
-from invoker.run_times import busy_elapsed, read_distribution
+from invoker.run_times import busy_elapsed, read_distribution, with_registered_runs
 
 log = logging.getLogger(__name__)
 START_REQUEST_FIELD = "request"
@@ -198,6 +198,9 @@ class Scheduler:
         ns, name = action.namespace, action.name
         request = PlacementRequest(ns, name, action.exec.model, self.sizes.size(action.exec.model),
                                    action.limits.memory)
+        # a run that began since a node's last heartbeat shows there as an idle container: the registry
+        # (written by the claim) says which are busy, so no start goes to a slot that is taken
+        reports = with_registered_runs(self.r, self.keys, reports, now_ms())
         views, run_s, run_sd = self.views(request, reports, inventories)
         # the autoscaler counted idle instances already: they will be busy with the demand it saw
         views = [idle_as_busy(v, run_s, run_sd) for v in views]

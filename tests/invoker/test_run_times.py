@@ -17,7 +17,7 @@ import redis
 from faas_llm import migration
 from faas_llm.errors import ActivationStatus
 from faas_llm.keys import Keys
-from faas_llm.placement import NodeView, PlacementRequest, make_policy
+from faas_llm.placement import NodeView, PlacementRequest, make_policy, views_from_reports
 from faas_llm.settings import Settings
 from faas_llm.types import ContainerInfo, ContainerState, Invocation, LoadTier, NodeReport, new_activation_id, now_ms
 from invoker.cluster import ActionCache, publish_report, read_reports
@@ -27,8 +27,12 @@ from invoker.run_times import (
     RecordingStore,
     RunTimeBuffer,
     elapsed_by_container,
+    idle_nodes,
     read_distribution,
+    reports_with_runs,
     run_seconds,
+    runs_by_container,
+    with_registered_runs,
 )
 from invoker.scheduler import Scheduler, book_warm, idle_as_busy
 
@@ -135,3 +139,46 @@ def test_the_schedulers_view_carries_the_tail_aware_estimate(redis_client: redis
         request, [NodeView("n1", free_slots=2, warm_busy_free_s=(1.0,))])
     decision = make_policy("locality").choose(request, [plain])
     assert decision is not None and decision.waits_for_warm
+
+
+def _report(node: str, *containers: ContainerInfo) -> NodeReport:
+    return NodeReport(node=node, max_containers=1, memory_mb=8192, free_memory_mb=8192, containers=list(containers))
+
+
+def _container(cid: str, state: ContainerState, active: int = 0, action: str = "long") -> ContainerInfo:
+    return ContainerInfo(id=cid, state=state, namespace="guest", action=action, model="tiny", active=active,
+                         concurrency=1)
+
+
+def test_runs_by_container_counts_live_runs() -> None:
+    now = now_ms()
+    late = _run("c2", now - 1000).model_copy(update={"deadline_ms": now - 1})
+    assert runs_by_container([_run("c1", now), _run("c1", now), late, None, _run("c3", now, "other")], now) == {
+        "c1": 2, "c3": 1}
+
+
+def test_reports_with_runs_raise_a_stale_idle_container_to_busy() -> None:
+    """A run that began since the last heartbeat: the report shows the container idle, the registry busy."""
+    stale = _report("a", _container("c1", ContainerState.IDLE))
+    other = _report("b", _container("c2", ContainerState.IDLE))
+    starting = _report("c", _container("c3", ContainerState.STARTING))
+    fixed = reports_with_runs([stale, other, starting], {"c1": 1, "c3": 1})
+    assert fixed[0].containers[0].state is ContainerState.BUSY and fixed[0].containers[0].active == 1
+    assert fixed[1] is other and fixed[2] is starting  # nothing registered / not a running state: unchanged
+    busy = _report("d", _container("c4", ContainerState.BUSY, active=2))
+    assert reports_with_runs([busy], {"c4": 1})[0] is busy  # only raises
+    assert idle_nodes([stale, other, starting, busy]) == ["a", "b"]
+    # the placement's view of another action: the stale node offered a free (evictable) slot, the fixed one none
+    request = PlacementRequest("guest", "newcomer", "tiny", GB)
+    (before,), (after,) = views_from_reports(request, [stale], {}), views_from_reports(request, fixed[:1], {})
+    assert before.free_slots == 1 and after.free_slots == 0
+
+
+def test_with_registered_runs_reads_the_registry(redis_client: redis.Redis, keys: Keys) -> None:
+    r: Any = redis_client
+    reports = [_report("n1", _container("c1", ContainerState.IDLE)),
+               _report("n2", _container("c9", ContainerState.BUSY, 1))]
+    assert with_registered_runs(r, keys, reports, now_ms()) == reports  # nothing registered
+    migration.register_run(r, keys, _run("c1", now_ms()))  # _run registers on node n1
+    fixed = with_registered_runs(r, keys, reports, now_ms())
+    assert fixed[0].containers[0].state is ContainerState.BUSY and fixed[1] is reports[1]
