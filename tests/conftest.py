@@ -73,6 +73,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small Llama-style demo model (~10 M parameters, 2k context, ~4 ms a token on one CPU thread):
+    for runs that must last while something happens to them (live migration)."""
+    from faas_llm.demo_models import make_demo_model
+
+    return make_demo_model(tmp_path_factory.mktemp("small-llama"), size="small")
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir_fp16(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _demo(tmp_path_factory, "llama", "float16")
 

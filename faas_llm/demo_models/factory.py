@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-Size = Literal["tiny", "bench"]
+Size = Literal["tiny", "small", "bench"]
 Arch = Literal["llama", "gpt2", "opt"]
 
 SPECIAL_TOKENS = {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>"}
@@ -43,6 +43,10 @@ class DemoSpec:
 SPECS: dict[str, DemoSpec] = {
     "tiny": DemoSpec(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=172, vocab=1024, context=512,
                      dtype="float32"),
+    # ~10 M parameters, 2k context: a greedy token takes ~4 ms on one CPU thread (the tiny one ~0.35 ms), so
+    # a run of a few hundred tokens lasts long enough for a live migration to catch it (tests/celery)
+    "small": DemoSpec(hidden=256, layers=12, heads=8, kv_heads=4, intermediate=688, vocab=1024, context=2048,
+                      dtype="float32"),
     # ~1.30 B parameters: 26 x 45.1 M per layer + 2 x 65.5 M embeddings; fp16 -> ~2.6 GB.
     "bench": DemoSpec(hidden=2048, layers=26, heads=16, kv_heads=4, intermediate=5632, vocab=32000,
                       context=2048, dtype="float16"),
