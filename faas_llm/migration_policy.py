@@ -128,6 +128,41 @@ def plan_migration(
     return MigrationPlan(instance=instance, destination=node, move_s=move, start_s=start)
 
 
+@dataclass(frozen=True)
+class WaitPlan:
+    """Move nothing: ``instance`` ends on its own after ``free_s``; the waiting request could start after
+    ``start_s`` in the slot it leaves."""
+
+    instance: str
+    free_s: float
+    start_s: float
+
+
+def plan_wait(
+    *,
+    request_load_s: float,
+    request_memory_mb: int,
+    source_free_memory_mb: int,
+    baseline_s: float,
+    running: Sequence[RunningInference],
+    min_gain_s: float = 0.0,
+) -> WaitPlan | None:
+    """Waiting for the run on the full node that ends first, where that beats ``baseline_s`` (by more than
+    ``min_gain_s``), or ``None``. The other half of :func:`plan_migration`: a run that ends before any move
+    of it could complete is left alone, and the request is better off taking its slot when it ends than
+    loading far away (a registry fetch where the full node holds the model in DRAM)."""
+    if request_load_s < 0 or min_gain_s < 0:
+        raise ConfigError(f"request_load_s and min_gain_s must be >= 0, got {request_load_s}, {min_gain_s}")
+    fits = [v for v in running if source_free_memory_mb + v.memory_mb >= request_memory_mb]
+    if not fits:
+        return None
+    first = min(fits, key=lambda v: (v.remaining_s, v.instance))
+    start = first.remaining_s + request_load_s
+    if start + min_gain_s >= baseline_s:
+        return None
+    return WaitPlan(instance=first.instance, free_s=first.remaining_s, start_s=start)
+
+
 def remaining_s(generated: int, max_tokens: int, elapsed_s: float, expected_run_s: float) -> float:
     """Expected seconds until a running generation ends on its own.
 

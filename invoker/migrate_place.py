@@ -9,7 +9,9 @@ go (the placement cost model on the victim's action) and the resume cost ``a * t
 (``keys.migration_plan``: the start waits for it) and queues the migration (Celery
 ``faas_llm.migrate``, :func:`faas_llm.celery_app.send_migrate`). Once the victim's slot freed (the
 source releases it at the hand-off) the start goes to that node; if the migration failed or was
-aborted, placement goes on as if there had been no plan.
+aborted, placement goes on as if there had been no plan. Where a run there ends on its own sooner
+than any move of it (:func:`faas_llm.migration_policy.plan_wait`), the start is held the same way
+for its slot, without a migration: waiting ~0.3 s for a short run beats a registry fetch elsewhere.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from faas_llm.migration_policy import (
     MigrationCost,
     MigrationPlan,
     RunningInference,
+    WaitPlan,
     full_nodes_sooner,
     plan_migration,
+    plan_wait,
     remaining_s,
 )
 from faas_llm.placement import Decision, NodeView, PlacementRequest, load_estimate, views_from_reports
@@ -82,6 +86,16 @@ class MigrationPlacer:
             plan = plan_migration(request_load_s=load, request_memory_mb=request.memory_mb,
                                   source_free_memory_mb=by_node[node].free_memory_mb, baseline_s=baseline,
                                   running=list(candidates.values()), cost=self.cost)
+            wait = plan_wait(request_load_s=load, request_memory_mb=request.memory_mb,
+                             source_free_memory_mb=by_node[node].free_memory_mb, baseline_s=baseline,
+                             running=list(candidates.values()))
+            if wait is not None and (plan is None or wait.start_s <= plan.start_s):
+                if self._wait(key, node, wait):
+                    log.info("placement: %s/%s waits for %s to end on %s (~%.2fs) and starts there in ~%.2fs "
+                             "(instead of %.2fs)", action.namespace, action.name, wait.instance, node, wait.free_s,
+                             wait.start_s, baseline)
+                    return Hold(node, ready=False)
+                continue
             if plan is not None and self._start(key, node, plan):
                 log.info("migration-aware placement: moving %s from %s to %s so %s/%s starts on %s in ~%.2fs "
                          "(instead of %.2fs)", plan.instance, node, plan.destination, action.namespace, action.name,
@@ -105,6 +119,13 @@ class MigrationPlacer:
             self.r.delete(key)
             return Hold(node, ready=True)
         return Hold(node, ready=False)
+
+    def _wait(self, key: str, node: str, wait: WaitPlan) -> bool:
+        """Hold the start for ``node`` until its run ends (the hold lapses after three times the expected
+        wait, at least :data:`MIN_HOLD_MS`: then placement goes on as usual)."""
+        value = json.dumps({"victim": wait.instance, "node": node, "wait": True, "start_s": wait.start_s,
+                            "planned_ms": now_ms()})
+        return bool(self.r.set(key, value, nx=True, px=max(MIN_HOLD_MS, int(wait.free_s * 3000))))
 
     def _start(self, key: str, node: str, plan: MigrationPlan) -> bool:
         hold_ms = max(MIN_HOLD_MS, int(plan.move_s * 3000))
@@ -138,9 +159,7 @@ class MigrationPlacer:
             generated = len(snap.get("generated_ids") or [])
             tokens = len(snap.get("prompt_ids") or []) + generated
             elapsed = max(0.0, (now_ms() - run.started_ms) / 1000) if run.started_ms else 0.0
-            dests = self._destinations(run, reports, inventories)
-            if not dests:
-                continue
+            dests = self._destinations(run, reports, inventories)  # none: it can only be waited for
             out[aid] = RunningInference(
                 instance=aid, model=run.model, tokens=tokens,
                 remaining_s=remaining_s(generated, run.max_tokens, elapsed,

@@ -215,7 +215,8 @@ class Scheduler:
                 break  # a migration frees a slot for this start: wait for it
             if hold is not None:
                 self.send_start(hold.node, action)
-                log.info("placing %s/%s on %s, in the slot a migration freed", ns, name, hold.node)
+                log.info("placing %s/%s on %s, in the slot it was held for (a migration or a run ending)", ns, name,
+                         hold.node)
                 views = book_start(views, hold.node, request.size_bytes)
                 sent += 1
                 continue

@@ -7,7 +7,15 @@ import math
 import pytest
 
 from faas_llm.errors import ConfigError
-from faas_llm.migration_policy import Destination, MigrationCost, MigrationPlan, RunningInference, plan_migration
+from faas_llm.migration_policy import (
+    Destination,
+    MigrationCost,
+    MigrationPlan,
+    RunningInference,
+    WaitPlan,
+    plan_migration,
+    plan_wait,
+)
 
 COST = MigrationCost(a_s_per_token=0.001, b_s=0.5)
 
@@ -98,3 +106,36 @@ def test_bad_inputs_are_rejected() -> None:
         plan([victim()], load=-1.0)
     with pytest.raises(ConfigError):
         plan([victim()], gain=-1.0)
+
+
+def _run(name: str, remaining: float, memory_mb: int = 100) -> RunningInference:
+    return RunningInference(instance=name, model="m", tokens=10, remaining_s=remaining, memory_mb=memory_mb,
+                            destinations=())
+
+
+def test_waiting_for_the_run_that_ends_first_beats_a_far_load() -> None:
+    # the run ends in 0.3 s; the request loads in 3 s there, against a 60 s registry fetch elsewhere
+    plan = plan_wait(request_load_s=3.0, request_memory_mb=100, source_free_memory_mb=0, baseline_s=60.0,
+                     running=[_run("late", 5.0), _run("soon", 0.3)])
+    assert plan == WaitPlan(instance="soon", free_s=0.3, start_s=pytest.approx(3.3))
+
+
+def test_no_wait_when_the_baseline_is_sooner_or_memory_does_not_fit() -> None:
+    assert plan_wait(request_load_s=3.0, request_memory_mb=100, source_free_memory_mb=0, baseline_s=3.3,
+                     running=[_run("soon", 0.3)]) is None
+    assert plan_wait(request_load_s=3.0, request_memory_mb=100, source_free_memory_mb=0, baseline_s=60.0,
+                     running=[_run("soon", 0.3, memory_mb=50)]) is None
+    assert plan_wait(request_load_s=3.0, request_memory_mb=100, source_free_memory_mb=0, baseline_s=60.0,
+                     running=[]) is None
+    assert plan_wait(request_load_s=1.0, request_memory_mb=100, source_free_memory_mb=0, baseline_s=10.0,
+                     running=[_run("a", 5.0)], min_gain_s=4.0) is None
+    with pytest.raises(ConfigError):
+        plan_wait(request_load_s=-1.0, request_memory_mb=1, source_free_memory_mb=0, baseline_s=1.0, running=[])
+
+
+def test_a_run_with_no_destination_can_still_be_waited_for() -> None:
+    running = [_run("only", 1.0)]
+    assert plan_migration(request_load_s=1.0, request_memory_mb=100, source_free_memory_mb=0, baseline_s=60.0,
+                          running=running, cost=MigrationCost(0.001, 0.1)) is None
+    assert plan_wait(request_load_s=1.0, request_memory_mb=100, source_free_memory_mb=0, baseline_s=60.0,
+                     running=running) is not None

@@ -112,3 +112,25 @@ def test_a_running_generation_moves_so_a_waiting_cold_start_gets_its_slot(cluste
         assert short == baseline.response.result["token_ids"][: len(short)] and len(short) == SHORT["max_tokens"]
     finally:
         worker.stop()
+
+
+def test_a_run_that_ends_before_any_move_is_waited_for(cluster: Cluster, tmp_path: Path) -> None:
+    """The same two nodes, but the running generation has ~0.4 s left (100 tokens), less than a move
+    (0.5 s fixed cost): nothing migrates, and the newcomer is held for the source node's slot (its model
+    in DRAM there) instead of a registry fetch on the other node (~6 h at 50 kB/s)."""
+    worker = WorkerProcess(cluster.settings_of("node-a"), tmp_path / "worker.log").wait_ready()
+    try:
+        victim = cluster.invoke("long", {**LONG, "max_tokens": 100})
+        source = wait_for("the run to start", lambda: running(cluster.r, cluster.keys, victim), 30, 0.002).node
+        dest = "node-b" if source == "node-a" else "node-a"
+        publish(cluster, source, ["tiny-long", "tiny-y"])
+        publish(cluster, dest, ["tiny-long"])
+        newcomer = cluster.invoke("other", SHORT)
+        record = cluster.result(newcomer)
+        moved = cluster.result(victim)
+        assert moved.response.success and moved.nodes == [source], moved
+        assert cluster.r.hget(cluster.keys.migration(victim), "phase") is None  # no migration was started
+        assert record.response.success and record.node == source, record
+        assert not any(n == dest for n, _ in cluster.containers_of("other"))
+    finally:
+        worker.stop()
