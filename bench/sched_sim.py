@@ -37,7 +37,8 @@ from faas_llm.placement import LocalityPolicy, PlacementPolicy, make_policy
 BASELINES = ("random", "round-robin", "hash", "least-loaded", "serverlessllm")
 #: ablations: ServerlessLLM's rule with our keep-alive; ours as it was before (mean estimate, no margin, 60 s)
 ABLATIONS = ("serverlessllm+keep", "locality-v0")
-OURS = ("locality-nowarm", "locality-ka60", "locality-nostarting", "locality", "locality+migration")
+OURS = ("locality-nowarm", "locality-ka60", "locality-nostarting", "locality", "locality+migration",
+        "locality+migration-nowait")
 #: references, not schedulers: ours with true run times (same cluster), and the provable lower bound
 REFERENCES = ("clairvoyant", "lower-bound")
 ALL_POLICIES = (*BASELINES, *ABLATIONS, *OURS, *REFERENCES)
@@ -84,6 +85,8 @@ def make_runner(name: str, cfg: Config) -> tuple[PlacementPolicy, MigrationHook 
         return make_policy("locality", cfg.seed), None, ours
     if name == "locality+migration":
         return make_policy("locality", cfg.seed), migration_hook(cfg.migration), ours
+    if name == "locality+migration-nowait":  # ablation: moves only, no start held for a run about to end
+        return make_policy("locality", cfg.seed), migration_hook(cfg.migration, wait=False), ours
     if name == "locality-v0":
         return LocalityPolicy(name=name), None, {}  # views without a spread: plain comparison
     if name == "serverlessllm+keep":
@@ -117,7 +120,8 @@ def lower_bound_row(workload: Workload, cfg: Config, first: int) -> dict[str, An
     gpus = cfg.cluster.nodes * cfg.cluster.gpus_per_node
     nan = float("nan")
     return {"requests": len(jobs), "mean_s": startup_lower_bound(jobs, gpus), "p50_s": nan, "p99_s": nan,
-            "warm_pct": nan, "dram_pct": nan, "ssd_pct": nan, "registry_pct": nan, "unserved": 0, "migrations": 0}
+            "warm_pct": nan, "dram_pct": nan, "ssd_pct": nan, "registry_pct": nan, "unserved": 0, "migrations": 0,
+            "waits": 0}
 
 
 @dataclass(frozen=True)
@@ -235,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if case.workload == workloads[0] and latencies:
             cdfs.setdefault(f"{case.workload}, load {case.load:g}", {})[case.policy] = latencies
     columns = ["policy", "mean_s", "p50_s", "p99_s", "warm_pct", "dram_pct", "ssd_pct", "registry_pct",
-               "migrations", "unserved"]
+               "migrations", "waits", "unserved"]
     for w in workloads:
         for load in loads:
             print_table([r for r in rows if r["workload"] == w and r["load"] == load], columns,

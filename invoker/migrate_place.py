@@ -41,6 +41,7 @@ from faas_llm.migration_policy import (
 from faas_llm.placement import Decision, NodeView, PlacementRequest, load_estimate, views_from_reports
 from faas_llm.settings import Settings
 from faas_llm.types import Action, CacheInventory, NodeReport, now_ms
+from invoker import streams
 
 log = logging.getLogger(__name__)
 SNAPSHOT_TIMEOUT_S = 2.0
@@ -65,6 +66,7 @@ class MigrationPlacer:
             send_migrate, expected_run_s, model_size, boot_s)
         self.cost = MigrationCost(settings.migration_cost_a_s, settings.migration_cost_b_s)
         self.http = requests.Session()
+        self.group = keys.consumer_group()
 
     def consider(self, action: Action, request: PlacementRequest, views: Sequence[NodeView], decision: Decision | None,
                  reports: Sequence[NodeReport], inventories: Mapping[str, CacheInventory]) -> Hold | None:
@@ -88,7 +90,7 @@ class MigrationPlacer:
                                   running=list(candidates.values()), cost=self.cost)
             wait = plan_wait(request_load_s=load, request_memory_mb=request.memory_mb,
                              source_free_memory_mb=by_node[node].free_memory_mb, baseline_s=baseline,
-                             running=list(candidates.values()))
+                             running=self._waitable(action, candidates))
             if wait is not None and (plan is None or wait.start_s <= plan.start_s):
                 if self._wait(key, node, wait):
                     log.info("placement: %s/%s waits for %s to end on %s (~%.2fs) and starts there in ~%.2fs "
@@ -119,6 +121,20 @@ class MigrationPlacer:
             self.r.delete(key)
             return Hold(node, ready=True)
         return Hold(node, ready=False)
+
+    def _waitable(self, action: Action, candidates: Mapping[str, RunningInference]) -> list[RunningInference]:
+        """The runs whose slot the start may take when they end: another action's (the action's own busy
+        instance is a warm wait, the policy's option), with nothing queued for it (a queued request
+        would take the container when the run ends; :func:`faas_llm.migration_policy.plan_wait`)."""
+        out = []
+        for aid, inference in candidates.items():
+            run = migration.running(self.r, self.keys, aid)
+            if run is None or (run.namespace, run.action) == (action.namespace, action.name):
+                continue
+            if streams.backlog(self.r, self.keys.action_queue(run.namespace, run.action), self.group):
+                continue
+            out.append(inference)
+        return out
 
     def _wait(self, key: str, node: str, wait: WaitPlan) -> bool:
         """Hold the start for ``node`` until its run ends (the hold lapses after three times the expected

@@ -43,8 +43,10 @@ class Instance:
     run_start: float = 0.0
     run_end: float = 0.0
     request: Request | None = None
-    #: a migration source: when it leaves, this model's reserved load takes its slot
+    #: a migration source, or a run waited for (``held``): when it leaves, this model's reserved load takes
+    #: its slot
     evict_for: int | None = None
+    held: bool = False
     #: a migration destination: the source instance it takes over, and its resume seconds
     takes_over: int | None = None
     resume_s: float = 0.0

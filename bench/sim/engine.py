@@ -68,6 +68,8 @@ class SimResult:
     placements: int = 0
     migrations: int = 0
     migrations_cancelled: int = 0
+    #: starts held for the slot of a run about to end (``faas_llm.migration_policy.plan_wait``)
+    waits: int = 0
     cache_evictions: int = 0
     instances_evicted: int = 0
 
@@ -548,7 +550,9 @@ class Simulator:
         inst.last_used = self.now
         inst.request = None
         if inst.evict_for is not None:
-            self.result.migrations_cancelled += 1  # it finished before its move did
+            if not inst.held:
+                self.result.migrations_cancelled += 1  # it finished before its move did
+            inst.held = False
             self._release_source(inst)
             return
         self._ready(inst)
@@ -599,6 +603,16 @@ class Simulator:
         victim.evict_for = waiting_model
         self.starting[waiting_model] += 1  # the reserved load covers one queued request
         self.result.migrations += 1
+        return True
+
+    def hold_for(self, victim: Instance, waiting_model: int) -> bool:
+        """Hold ``victim``'s slot for ``waiting_model``: when its run ends, that model loads there."""
+        if victim.evict_for is not None:
+            return False
+        victim.evict_for = waiting_model
+        victim.held = True
+        self.starting[waiting_model] += 1  # the held slot covers one queued request
+        self.result.waits += 1
         return True
 
     def _move_done(self, target: Instance) -> None:

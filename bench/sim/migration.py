@@ -8,7 +8,15 @@ import math
 from bench.sim.cluster import Instance, InstState
 from bench.sim.costs import MigrationCostSpec
 from bench.sim.engine import MigrationHook, Simulator
-from faas_llm.migration_policy import Destination, MigrationCost, MigrationPlan, RunningInference, plan_migration
+from faas_llm.migration_policy import (
+    Destination,
+    MigrationCost,
+    MigrationPlan,
+    RunningInference,
+    WaitPlan,
+    plan_migration,
+    plan_wait,
+)
 from faas_llm.placement import Decision, NodeView, PlacementRequest, load_estimate
 
 
@@ -28,7 +36,8 @@ def resume_cost(sim: Simulator, model: int, spec: MigrationCostSpec) -> Migratio
 
 
 def running_on(sim: Simulator, node: int, spec: MigrationCostSpec) -> list[tuple[Instance, RunningInference]]:
-    """Candidate victims on ``node``: busy instances not already moving, with where each could go."""
+    """Candidate victims on ``node``: busy instances not already moving or waited for, with where each could
+    go (none: it can only be waited for)."""
     out = []
     dest_cache: dict[int, tuple[Destination, ...]] = {}
     for inst in sim.nodes[node].instances.values():
@@ -45,8 +54,6 @@ def running_on(sim: Simulator, node: int, spec: MigrationCostSpec) -> list[tuple
                 if view.can_start(req.memory_mb):
                     dests.append(Destination(other.name, load_estimate(req, view)[0]))
             dest_cache[m] = tuple(dests)
-        if not dest_cache[m]:
-            continue
         remaining = max(0.0, inst.run_start + sim.expected_run[m] - sim.now)  # what a scheduler can know
         out.append((inst, RunningInference(
             instance=str(inst.id), model=sim.names[m], tokens=tokens_so_far(sim, inst), remaining_s=remaining,
@@ -55,8 +62,10 @@ def running_on(sim: Simulator, node: int, spec: MigrationCostSpec) -> list[tuple
     return out
 
 
-def migration_hook(spec: MigrationCostSpec) -> MigrationHook:
-    """When a full node would start the model sooner than the policy's choice, plan a move there."""
+def migration_hook(spec: MigrationCostSpec, wait: bool = True) -> MigrationHook:
+    """When a full node would start the model sooner than the policy's choice, plan a move there; with
+    ``wait``, or hold the start for the slot of a run there that ends sooner than any move (the invoker's
+    rule, :func:`faas_llm.migration_policy.plan_wait`)."""
 
     def hook(
         sim: Simulator, m: int, request: PlacementRequest, views: list[NodeView], decision: Decision | None
@@ -70,6 +79,7 @@ def migration_hook(spec: MigrationCostSpec) -> MigrationHook:
             if estimate < baseline:
                 full.append((estimate, view))
         best: tuple[MigrationPlan, dict[str, tuple[Instance, RunningInference]]] | None = None
+        best_wait: tuple[WaitPlan, Instance] | None = None
         for estimate, view in sorted(full, key=lambda x: (x[0], x[1].node)):
             node = sim.node_index(view.node)
             candidates = running_on(sim, node, spec)
@@ -80,6 +90,15 @@ def migration_hook(spec: MigrationCostSpec) -> MigrationHook:
             )
             if plan is not None and (best is None or plan.start_s < best[0].start_s):
                 best = (plan, {r.instance: (i, r) for i, r in candidates})
+            if wait:
+                # another model's run with nothing queued for it (as the invoker's MigrationPlacer._waitable)
+                waitable = [r for i, r in candidates if i.model != m and not sim.queue[i.model]]
+                held = plan_wait(request_load_s=estimate, request_memory_mb=request.memory_mb,
+                                 source_free_memory_mb=view.free_memory_mb, baseline_s=baseline, running=waitable)
+                if held is not None and (best_wait is None or held.start_s < best_wait[0].start_s):
+                    best_wait = (held, next(i for i, r in candidates if r.instance == held.instance))
+        if best_wait is not None and (best is None or best_wait[0].start_s <= best[0].start_s):
+            return sim.hold_for(best_wait[1], m)  # as the invoker's MigrationPlacer: waiting is no worse
         if best is None:
             return False
         plan, by_id = best

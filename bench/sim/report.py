@@ -42,6 +42,7 @@ def summarise(result: SimResult, first_id: int) -> dict[str, Any]:
         row[f"{tier.value}_pct"] = 100.0 * sum(1 for s in served if s.tier is tier) / n if n else math.nan
     row["unserved"] = result.unserved
     row["migrations"] = result.migrations
+    row["waits"] = result.waits
     return row
 
 

@@ -43,7 +43,8 @@ def publish(cluster: Cluster, node: str, dram: list[str]) -> None:
 
 
 @pytest.fixture
-def cluster(redis_server: RedisServer, small_model_dir: Path, tmp_path: Path) -> Iterator[Cluster]:
+def cluster(request: pytest.FixtureRequest, redis_server: RedisServer, small_model_dir: Path,
+            tmp_path: Path) -> Iterator[Cluster]:
     # the small model (~4 ms a token): the long run lasts ~7 s, so moving it pays (the tiny model's 1500 tokens
     # take ~0.5 s: the scheduler rightly waits for it instead)
     registry = FileRegistry(tmp_path / "registry")
@@ -55,7 +56,7 @@ def cluster(redis_server: RedisServer, small_model_dir: Path, tmp_path: Path) ->
         redis_url=url, data_dir=tmp_path / "data", registry_url=f"file://{tmp_path / 'registry'}", prewarm_count=0,
         max_containers=1, heartbeat_interval_s=0.2, node_ttl_s=1.5, claim_idle_ms=3000, runtime_drain_s=1.0,
         runtime_threads=4, runtime_torch_threads=1, log_level="INFO", migration_gap_tokens=8,
-        celery_pool="solo", celery_tick_s=3600.0,
+        celery_pool="solo", celery_tick_s=3600.0, **getattr(request, "param", {}),
     )
     c = Cluster(base, ["node-a", "node-b"], tmp_path)
     try:
@@ -114,10 +115,11 @@ def test_a_running_generation_moves_so_a_waiting_cold_start_gets_its_slot(cluste
         worker.stop()
 
 
+@pytest.mark.parametrize("cluster", [{"migration_cost_b_s": 30.0}], indirect=True)
 def test_a_run_that_ends_before_any_move_is_waited_for(cluster: Cluster, tmp_path: Path) -> None:
-    """The same two nodes, but the running generation has ~0.4 s left (100 tokens), less than a move
-    (0.5 s fixed cost): nothing migrates, and the newcomer is held for the source node's slot (its model
-    in DRAM there) instead of a registry fetch on the other node (~6 h at 50 kB/s)."""
+    """The same two nodes, but the running generation has ~0.4 s left (100 tokens) and a move costs 30 s
+    (``migration_cost_b_s``): nothing migrates, and the newcomer is held for the source node's slot (its
+    model in DRAM there) instead of a registry fetch on the other node (~6 h at 50 kB/s)."""
     worker = WorkerProcess(cluster.settings_of("node-a"), tmp_path / "worker.log").wait_ready()
     try:
         victim = cluster.invoke("long", {**LONG, "max_tokens": 100})
