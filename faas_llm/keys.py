@@ -180,6 +180,11 @@ class Keys:
         """A migration the placement started to free a slot for the action's waiting start (TTL)."""
         return self._k("migration", "plan", namespace, action)
 
+    def wait_hold(self, activation_id: str) -> str:
+        """A start was once held for this run's end (TTL): a run is waited for at most once, so a hold that
+        lapsed (the run went on) is not taken again at the next pass."""
+        return self._k("migration", "waited", activation_id)
+
     def slot_lease(self, lease_id: str) -> str:
         """A run slot held on a container for a run outside its invoker's dispatch (a migrated resume)."""
         return self._k("slot", lease_id)

@@ -133,6 +133,8 @@ class MigrationPlacer:
                 continue
             if streams.backlog(self.r, self.keys.action_queue(run.namespace, run.action), self.group):
                 continue
+            if self.r.exists(self.keys.wait_hold(aid)):
+                continue  # waited for once already (that hold lapsed or served): not again
             out.append(inference)
         return out
 
@@ -141,7 +143,11 @@ class MigrationPlacer:
         wait, at least :data:`MIN_HOLD_MS`: then placement goes on as usual)."""
         value = json.dumps({"victim": wait.instance, "node": node, "wait": True, "start_s": wait.start_s,
                             "planned_ms": now_ms()})
-        return bool(self.r.set(key, value, nx=True, px=max(MIN_HOLD_MS, int(wait.free_s * 3000))))
+        hold_ms = max(MIN_HOLD_MS, int(wait.free_s * 3000))
+        if not self.r.set(key, value, nx=True, px=hold_ms):
+            return False
+        self.r.set(self.keys.wait_hold(wait.instance), "1", px=10 * hold_ms)
+        return True
 
     def _start(self, key: str, node: str, plan: MigrationPlan) -> bool:
         hold_ms = max(MIN_HOLD_MS, int(plan.move_s * 3000))

@@ -47,6 +47,8 @@ class Instance:
     #: its slot
     evict_for: int | None = None
     held: bool = False
+    #: a start was held for its run once (a run is waited for at most once, as in the invoker)
+    waited: bool = False
     #: a migration destination: the source instance it takes over, and its resume seconds
     takes_over: int | None = None
     resume_s: float = 0.0

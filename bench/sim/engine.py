@@ -50,7 +50,10 @@ from faas_llm.placement import (
 from faas_llm.pool_policy import PoolCapacity, has_room, keep_alive_removals, lru_victims
 from faas_llm.types import LoadTier
 
-ARRIVE, LOAD_DONE, RUN_DONE, EXPIRE, MOVE_DONE, BOOT_DONE, TICK, LEASE_END = range(8)
+ARRIVE, LOAD_DONE, RUN_DONE, EXPIRE, MOVE_DONE, BOOT_DONE, TICK, LEASE_END, HOLD_LAPSE = range(9)
+#: a start held for a run about to end waits at most max(this, 3 x the expected wait), as the invoker's
+#: MigrationPlacer hold (invoker.migrate_place.MIN_HOLD_MS)
+MIN_HOLD_S = 15.0
 UNLIMITED = 1 << 40
 
 
@@ -70,6 +73,7 @@ class SimResult:
     migrations_cancelled: int = 0
     #: starts held for the slot of a run about to end (``faas_llm.migration_policy.plan_wait``)
     waits: int = 0
+    waits_lapsed: int = 0
     cache_evictions: int = 0
     instances_evicted: int = 0
 
@@ -195,6 +199,9 @@ class Simulator:
             elif kind == LEASE_END:
                 assert isinstance(data, tuple)
                 self._lease_end(*data)
+            elif kind == HOLD_LAPSE:
+                assert isinstance(data, tuple)
+                self._hold_lapse(*data)
         self.result.unserved = sum(len(q) for q in self.queue)
         self.result.cache_evictions = sum(n.dram.evictions + n.ssd.evictions for n in self.nodes)
         return self.result
@@ -605,15 +612,27 @@ class Simulator:
         self.result.migrations += 1
         return True
 
-    def hold_for(self, victim: Instance, waiting_model: int) -> bool:
-        """Hold ``victim``'s slot for ``waiting_model``: when its run ends, that model loads there."""
+    def hold_for(self, victim: Instance, waiting_model: int, expected_wait_s: float) -> bool:
+        """Hold ``victim``'s slot for ``waiting_model``: when its run ends, that model loads there; if it has
+        not ended after max(:data:`MIN_HOLD_S`, 3 x ``expected_wait_s``), the hold lapses and the model is
+        placed again (the invoker's hold expires so)."""
         if victim.evict_for is not None:
             return False
         victim.evict_for = waiting_model
-        victim.held = True
+        victim.held = victim.waited = True
         self.starting[waiting_model] += 1  # the held slot covers one queued request
         self.result.waits += 1
+        self._push(self.now + max(MIN_HOLD_S, 3 * expected_wait_s), HOLD_LAPSE, (victim, waiting_model))
         return True
+
+    def _hold_lapse(self, victim: Instance, waiting_model: int) -> None:
+        if not victim.held or victim.evict_for != waiting_model or victim.state is not InstState.BUSY:
+            return  # it ended (the start took its slot) or was removed
+        victim.evict_for = None
+        victim.held = False
+        self.starting[waiting_model] -= 1
+        self.result.waits_lapsed += 1
+        self._cover(waiting_model)
 
     def _move_done(self, target: Instance) -> None:
         victim = self.instances.get(target.takes_over) if target.takes_over is not None else None

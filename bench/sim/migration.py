@@ -92,13 +92,13 @@ def migration_hook(spec: MigrationCostSpec, wait: bool = True) -> MigrationHook:
                 best = (plan, {r.instance: (i, r) for i, r in candidates})
             if wait:
                 # another model's run with nothing queued for it (as the invoker's MigrationPlacer._waitable)
-                waitable = [r for i, r in candidates if i.model != m and not sim.queue[i.model]]
+                waitable = [r for i, r in candidates if i.model != m and not sim.queue[i.model] and not i.waited]
                 held = plan_wait(request_load_s=estimate, request_memory_mb=request.memory_mb,
                                  source_free_memory_mb=view.free_memory_mb, baseline_s=baseline, running=waitable)
                 if held is not None and (best_wait is None or held.start_s < best_wait[0].start_s):
                     best_wait = (held, next(i for i, r in candidates if r.instance == held.instance))
         if best_wait is not None and (best is None or best_wait[0].start_s <= best[0].start_s):
-            return sim.hold_for(best_wait[1], m)  # as the invoker's MigrationPlacer: waiting is no worse
+            return sim.hold_for(best_wait[1], m, best_wait[0].free_s)  # as the invoker: waiting is no worse
         if best is None:
             return False
         plan, by_id = best

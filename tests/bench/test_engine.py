@@ -175,3 +175,33 @@ def test_the_tail_estimate_waits_less_on_a_long_running_instance() -> None:
     second = {s.request: s for s in mean}[1], {s.request: s for s in tail}[1]
     assert second[0].tier is LoadTier.WARM and second[0].latency_s == pytest.approx(26.0)
     assert second[1].tier is LoadTier.DRAM and second[1].latency_s == pytest.approx(SMALL.size_bytes / ONE.bw_dram)
+
+
+def _held_run(small_run_s: float) -> Simulator:
+    """Node n00 holds BIG in DRAM, its only slot runs SMALL (short outputs: a scheduler expects it to end
+    at once); n01 has a free slot but BIG only from the registry."""
+    cluster = ClusterSpec(nodes=2, slots_per_node=1, ssd_replicas=0, keep_alive_s=1000.0)
+    wl = workload([SMALL, BIG], [(0.0, 0, small_run_s), (20.0, 1, 1.0)], gen=10)
+    sim = Simulator(wl, make_policy("locality"), cluster, GPU, seed=0, migration=migration_hook(MigrationCostSpec()))
+    sim.nodes[0].dram.insert(BIG.name, BIG.size_bytes)
+    sim.run()
+    return sim
+
+
+def test_a_start_is_held_for_a_run_about_to_end() -> None:
+    sim = _held_run(21.0)  # SMALL (from the registry, then 21 s) ends 12.2 s after BIG arrives: BIG waits for
+    small, big = sim.result.served  # the slot (less than the 15 s hold), then loads from DRAM
+    ends = small.latency_s + 21.0
+    assert sim.result.waits == 1 and sim.result.migrations == 0 and sim.result.waits_lapsed == 0
+    assert big.tier is LoadTier.DRAM
+    assert big.latency_s == pytest.approx(ends - 20.0 + BIG.size_bytes / ClusterSpec().bw_dram)
+    assert sim.result.unserved == 0
+
+
+def test_a_hold_lapses_when_the_run_goes_on() -> None:
+    sim = _held_run(500.0)  # expected to end at once, runs 480 s more: after 15 s the hold lapses
+    big = sim.result.served[1]
+    assert sim.result.waits == 1 and sim.result.waits_lapsed == 1
+    assert big.tier is LoadTier.REGISTRY
+    assert big.latency_s == pytest.approx(15.0 + BIG.size_bytes / ClusterSpec().bw_registry)
+    assert sim.result.unserved == 0
