@@ -293,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="how long an evicted instance's DRAM lease outlives it: 0 since ed82778 (the "
                              "invoker evicts an idle victim with SIGTERM and its runtime releases the lease); "
                              "30 (the agent's lease_ttl_s) models the SIGKILL eviction before it")
+    parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra setting of the cluster (repeatable), e.g. migration_placement=false")
     parser.add_argument("--tick", type=float, default=1.0,
                         help="the invoker's scheduling tick (heartbeat_interval_s, its default) in the simulator")
     parser.add_argument("--resimulate", type=Path, default=None,
@@ -318,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
             "dram_capacity_bytes": dram_bytes(args, nbytes), "ssd_capacity_bytes": int(args.ssd_models * nbytes),
             "invocations_per_minute": 10**6, "concurrent_invocations": 10**4, "registry_url": f"file://{registry}",
             "prefetch_max_replicas": 0, "placement_policy": "locality",
+            **dict(item.split("=", 1) for item in args.setting),
         }
         home = tmp / "home"
         cluster = UpCluster(home, bench_env(home, settings))
