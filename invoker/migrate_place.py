@@ -87,7 +87,7 @@ class MigrationPlacer:
             candidates = self._running(node, reports, inventories)
             plan = plan_migration(request_load_s=load, request_memory_mb=request.memory_mb,
                                   source_free_memory_mb=by_node[node].free_memory_mb, baseline_s=baseline,
-                                  running=list(candidates.values()), cost=self.cost)
+                                  running=[inference for _, inference in candidates.values()], cost=self.cost)
             wait = plan_wait(request_load_s=load, request_memory_mb=request.memory_mb,
                              source_free_memory_mb=by_node[node].free_memory_mb, baseline_s=baseline,
                              running=self._waitable(action, candidates))
@@ -122,14 +122,14 @@ class MigrationPlacer:
             return Hold(node, ready=True)
         return Hold(node, ready=False)
 
-    def _waitable(self, action: Action, candidates: Mapping[str, RunningInference]) -> list[RunningInference]:
+    def _waitable(self, action: Action, candidates: Mapping[str, tuple[migration.RunningRun, RunningInference]]
+                  ) -> list[RunningInference]:
         """The runs whose slot the start may take when they end: another action's (the action's own busy
         instance is a warm wait, the policy's option), with nothing queued for it (a queued request
         would take the container when the run ends; :func:`faas_llm.migration_policy.plan_wait`)."""
         out = []
-        for aid, inference in candidates.items():
-            run = migration.running(self.r, self.keys, aid)
-            if run is None or (run.namespace, run.action) == (action.namespace, action.name):
+        for aid, (run, inference) in candidates.items():
+            if (run.namespace, run.action) == (action.namespace, action.name):
                 continue
             if streams.backlog(self.r, self.keys.action_queue(run.namespace, run.action), self.group):
                 continue
@@ -164,12 +164,13 @@ class MigrationPlacer:
         return True
 
     # --- inputs ---------------------------------------------------------------------------------
-    def _running(self, node: str, reports: Sequence[NodeReport],
-                 inventories: Mapping[str, CacheInventory]) -> dict[str, RunningInference]:
-        """The runs on ``node`` that could move, with their tokens, remaining time and destinations."""
+    def _running(self, node: str, reports: Sequence[NodeReport], inventories: Mapping[str, CacheInventory]
+                 ) -> dict[str, tuple[migration.RunningRun, RunningInference]]:
+        """The runs on ``node`` that could move or be waited for: each run's registry entry, and its tokens,
+        remaining time and destinations."""
         report = next((rep for rep in reports if rep.node == node), None)
         memory = {c.url: c.memory_mb for c in report.containers} if report else {}
-        out: dict[str, RunningInference] = {}
+        out: dict[str, tuple[migration.RunningRun, RunningInference]] = {}
         for aid in migration.running_on(self.r, self.keys, node):
             run = migration.running(self.r, self.keys, aid)
             if run is None or run.node != node or self.r.hget(self.keys.migration(aid), "phase") in \
@@ -182,11 +183,11 @@ class MigrationPlacer:
             tokens = len(snap.get("prompt_ids") or []) + generated
             elapsed = max(0.0, (now_ms() - run.started_ms) / 1000) if run.started_ms else 0.0
             dests = self._destinations(run, reports, inventories)  # none: it can only be waited for
-            out[aid] = RunningInference(
+            out[aid] = (run, RunningInference(
                 instance=aid, model=run.model, tokens=tokens,
                 remaining_s=remaining_s(generated, run.max_tokens, elapsed,
                                         self.expected_run_s(run.namespace, run.action)),
-                memory_mb=memory.get(run.url, 0), destinations=dests)
+                memory_mb=memory.get(run.url, 0), destinations=dests))
         return out
 
     def _snapshot(self, run: migration.RunningRun) -> dict[str, Any] | None:
