@@ -65,8 +65,10 @@ def _give_back_staging(buffer: torch.Tensor) -> None:
 
 
 def prepare_staging(threads: int | None = None, chunk_bytes: int = GPU_CHUNK_BYTES) -> int:
-    """Pin the staging buffers of a later :func:`load_to_device` now (a prewarmed runtime does this
-    before any request: pinning takes milliseconds per buffer). Returns the bytes pinned."""
+    """Pin the staging buffers of a later :func:`load_to_device` now, ahead of the first load (pinning
+    takes milliseconds per buffer): for a process that prewarms before serving on a GPU
+    (``bench/gpu_load.py`` measures after it; the action runtime serves on the CPU). Returns the bytes
+    pinned."""
     threads = threads or gpu_reader_threads(os.cpu_count())
     buffers = [_take_staging(chunk_bytes) for _ in range(2 * threads)]
     for buffer in buffers:
