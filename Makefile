@@ -10,8 +10,8 @@ setup: ## Create .venv and install faas-llm with dev tools
 test: ## Run lint, type checks and the whole test suite (README's test command)
 	bash scripts/test.sh
 
-lint: setup ## ruff and mypy only
-	.venv/bin/ruff check . && .venv/bin/mypy
+lint: setup ## ruff, mypy and the import-layering check (lint-imports)
+	.venv/bin/ruff check . && .venv/bin/mypy && .venv/bin/lint-imports
 
 audit: setup ## Dependency audit (pip-audit): fails on an unlisted vulnerability; says NOT AUDITED offline
 	bash scripts/audit.sh

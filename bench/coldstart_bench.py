@@ -327,10 +327,10 @@ def ensure_models(kind: str, tmp: Path) -> tuple[Path, Path]:
         return hf, ckpt
     hf, ckpt = BENCH_DIR / "bench", BENCH_DIR / "bench-ckpt"
     if not (hf / "config.json").exists():
-        subprocess.run([sys.executable, "-m", "faas_llm.cli", "model", "make-demo", "--size", "bench", str(hf)],
+        subprocess.run([sys.executable, "-m", "cli", "model", "make-demo", "--size", "bench", str(hf)],
                        check=True, cwd=REPO)
     if not (ckpt / "index.json").exists():
-        subprocess.run([sys.executable, "-m", "faas_llm.cli", "model", "convert", str(hf), str(ckpt)],
+        subprocess.run([sys.executable, "-m", "cli", "model", "convert", str(hf), str(ckpt)],
                        check=True, cwd=REPO)
     return hf, ckpt
 

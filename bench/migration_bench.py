@@ -5,8 +5,8 @@ to decode one token, and the total migration time.
 
 Two real runtime processes (A and B, gunicorn over HTTP) serve the same model; a real Redis holds
 the activation's token stream and the migration state. A streamed greedy run starts on A; once it
-has made ``--at`` tokens, :class:`faas_llm.migration.Coordinator` migrates it to B (prefill rounds
-while A decodes, then the stop) and :func:`faas_llm.migration.continue_if_migrated` (the invoker's
+has made ``--at`` tokens, :class:`worker.coordinator.Coordinator` migrates it to B (prefill rounds
+while A decodes, then the stop) and :func:`invoker.handoff.continue_if_migrated` (the invoker's
 dispatch hook) resumes it on B. Figures, from the client's token timestamps:
 
 * pause: time between the last token from A and the first from B;
@@ -36,11 +36,13 @@ from bench.runtime_bench import Runtime
 from faas_llm import slot_lease
 from faas_llm.activations import ActivationStore
 from faas_llm.keys import Keys
-from faas_llm.migration import Coordinator, RunningRun, continue_if_migrated, register_run, unregister_run
+from faas_llm.migration import RunningRun, register_run, unregister_run
 from faas_llm.redis_server import RedisServer
 from faas_llm.settings import Settings
 from faas_llm.types import ContainerInfo, ContainerState, NodeReport, new_activation_id, now_ms
 from invoker import runtime_client
+from invoker.handoff import continue_if_migrated
+from worker.coordinator import Coordinator
 
 PROMPT = "Serverless inference of large language models starts cold when"
 

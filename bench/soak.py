@@ -84,7 +84,7 @@ class Cluster:
         self.env.update({f"FAAS_LLM_{k.upper()}": str(v) for k, v in settings.items()})
 
     def cli(self, *args: str, timeout: float = 300) -> str:
-        proc = subprocess.run([sys.executable, "-m", "faas_llm.cli", *args], env=self.env, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "cli", *args], env=self.env, capture_output=True,
                               text=True, timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"faas-llm {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")

@@ -71,7 +71,7 @@ class UpCluster:
         self.port = free_port()
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.home / "up.out", "wb")  # noqa: SIM115 - the child's output for its lifetime
-        self.proc = subprocess.Popen([sys.executable, "-m", "faas_llm.cli", "up", "--port", str(self.port)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "up", "--port", str(self.port)],
                                      env={**self.env, "PYTHONPATH": str(self.repo)}, stdout=log,
                                      stderr=subprocess.STDOUT, cwd=self.repo,
                                      start_new_session=True)
@@ -98,7 +98,7 @@ class UpCluster:
             return ""
 
     def cli(self, *args: str, timeout: float = 600) -> str:
-        proc = subprocess.run([sys.executable, "-m", "faas_llm.cli", *args], cwd=self.repo,
+        proc = subprocess.run([sys.executable, "-m", "cli", *args], cwd=self.repo,
                               env={**self.env, "PYTHONPATH": str(self.repo)},
                               capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:

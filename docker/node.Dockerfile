@@ -17,6 +17,8 @@ COPY gateway ./gateway
 COPY invoker ./invoker
 COPY action_runtime ./action_runtime
 COPY cache_agent ./cache_agent
+COPY worker ./worker
+COPY cli ./cli
 RUN pip install --no-cache-dir --no-deps . \
  && find /opt/faas-llm -name '__pycache__' -prune -exec rm -rf {} + \
  && python -c "import invoker.__main__, cache_agent.__main__"

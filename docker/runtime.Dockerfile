@@ -19,6 +19,8 @@ COPY gateway ./gateway
 COPY invoker ./invoker
 COPY action_runtime ./action_runtime
 COPY cache_agent ./cache_agent
+COPY worker ./worker
+COPY cli ./cli
 RUN pip install --no-cache-dir . \
  && find /opt/faas-llm -name '__pycache__' -prune -exec rm -rf {} + \
  && python -c "import action_runtime.__main__"

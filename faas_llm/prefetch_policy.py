@@ -1,7 +1,7 @@
 """Which checkpoints to keep where, ahead of demand (pure: data in, plan out).
 
 Inputs: recent invocations per model (``counts``, summed over the last
-``settings.prefetch_window_s`` from Redis by :mod:`faas_llm.tasks.tick`), models pinned by
+``settings.prefetch_window_s`` from Redis by :mod:`worker.tasks.tick`), models pinned by
 actions with ``min_instances > 0`` (``pinned``: model -> instances), and each live node's cache
 contents. Rules:
 

@@ -34,14 +34,15 @@ from faas_llm import migration, slot_lease
 from faas_llm.activations import ActivationStore
 from faas_llm.errors import ActivationStatus, DeveloperError
 from faas_llm.keys import Keys
-from faas_llm.migration_slots import LeasedSlots, LeaseSet
 from faas_llm.settings import Settings
 from faas_llm.thread_redis import ThreadRedis
 from faas_llm.types import ActivationRecord, Invocation, Limits, LoadTier, now_ms
 from invoker import claims, replay, runtime_client, streams
 from invoker.cluster import ActionCache
 from invoker.container import Container
+from invoker.handoff import Handoff, continue_if_migrated
 from invoker.metrics import InvokerMetrics
+from invoker.migration_slots import LeasedSlots, LeaseSet
 from invoker.pool import ContainerPool
 from invoker.records import RunFacts, build_record, failure_record, runtime_ttft, timeout_message
 
@@ -245,7 +246,7 @@ class Dispatcher:
         broken = False
         timed_out = False
         running = migration.RunningRun.model_construct(**run)  # what a migration hands off (fields made here)
-        handoff: migration.Handoff | None = None
+        handoff: Handoff | None = None
         outcome: runtime_client.RunOutcome
         handed_off = False
 
@@ -259,7 +260,7 @@ class Dispatcher:
         try:
             outcome = runtime_client.run(container.handle.url, body, inv.deadline_ms, stream_to)
             # a live migration stopped the run here: it continues on the destination (faas_llm.migration)
-            handoff = migration.continue_if_migrated(
+            handoff = continue_if_migrated(
                 self.r, self.keys, running, body, outcome,
                 lambda url, b, s: runtime_client.run(url, b, inv.deadline_ms, s), stream_to, slots)
             if handoff is not None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import requests
 
-from faas_llm.errors import ConfigError, InternalError
+from faas_llm.errors import InternalError
 from faas_llm.redis_server import free_port
 from faas_llm.settings import Settings, child_environ
 from invoker.logs import LogCollector
@@ -169,14 +169,3 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def make_factory(settings: Settings) -> ContainerFactory:
-    """The factory ``settings.container_factory`` names."""
-    if settings.container_factory == "process":
-        return ProcessFactory(settings)
-    if settings.container_factory == "docker":
-        from invoker.docker_factory import DockerFactory
-
-        return DockerFactory(settings)
-    raise ConfigError(f"unknown container factory {settings.container_factory!r}")  # pragma: no cover

@@ -7,7 +7,7 @@ and expected remaining time (:func:`faas_llm.migration_policy.remaining_s`), whe
 go (the placement cost model on the victim's action) and the resume cost ``a * tokens + b``
 (``settings.migration_cost_a_s`` / ``migration_cost_b_s``). With a plan it records it
 (``keys.migration_plan``: the start waits for it) and queues the migration (Celery
-``faas_llm.migrate``, :func:`faas_llm.celery_app.send_migrate`). Once the victim's slot freed (the
+``faas_llm.migrate``, :func:`faas_llm.jobs.send_migrate`). Once the victim's slot freed (the
 source releases it at the hand-off) the start goes to that node; if the migration failed or was
 aborted, placement goes on as if there had been no plan. Where a run there ends on its own sooner
 than any move of it (:func:`faas_llm.migration_policy.plan_wait`), the start is held the same way

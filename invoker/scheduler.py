@@ -26,14 +26,13 @@ Every invoker runs a tick; per action queue one of them wins a short lock
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import secrets
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from faas_llm import starts
 from faas_llm.autoscale import instances_to_start, starts_below_min
 from faas_llm.errors import ActivationStatus
 from faas_llm.keys import Keys
@@ -46,7 +45,6 @@ from invoker.migrate_place import MigrationPlacer
 from invoker.run_times import busy_elapsed, read_distribution, with_registered_runs
 
 log = logging.getLogger(__name__)
-START_REQUEST_FIELD = "request"
 #: a start request the node has not taken within this long (a dead node) no longer counts
 START_REQUEST_TTL_S = 10.0
 
@@ -253,11 +251,5 @@ class Scheduler:
         return views, dist.mean, math.sqrt(dist.variance)
 
     def send_start(self, node: str, action: Action) -> str:
-        request_id = secrets.token_hex(8)
         expires = now_ms() + int(max(START_REQUEST_TTL_S, 5 * self.settings.heartbeat_interval_s) * 1000)
-        payload = json.dumps({"id": request_id, "namespace": action.namespace, "action": action.name})
-        pipe = self.r.pipeline(transaction=True)
-        pipe.zadd(self.keys.action_starts(action.namespace, action.name), {request_id: expires})
-        pipe.xadd(self.keys.node_starts(node), {START_REQUEST_FIELD: payload}, maxlen=1000, approximate=True)
-        pipe.execute()
-        return request_id
+        return starts.request_start(self.r, self.keys, node, action.namespace, action.name, expires)

@@ -13,7 +13,6 @@ first run as a warm start.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -23,6 +22,7 @@ from typing import Any
 
 import redis
 
+from faas_llm import starts
 from faas_llm.activations import ActivationStore
 from faas_llm.autoscale import IdleInstance, scale_in
 from faas_llm.errors import ActivationStatus, FaasLLMError
@@ -36,12 +36,13 @@ from invoker.cluster import ActionCache, publish_report, read_reports, withdraw_
 from invoker.coldwatch import ColdWatch
 from invoker.container import Container
 from invoker.dispatch import Dispatcher
-from invoker.factory import ContainerFactory, make_factory
+from invoker.factories import make_factory
+from invoker.factory import ContainerFactory
 from invoker.leases import SlotLeases
 from invoker.metrics import InvokerMetrics
 from invoker.pool import ContainerPool
 from invoker.run_times import RecordingStore, RunTimeBuffer
-from invoker.scheduler import START_REQUEST_FIELD, Scheduler, instances_of
+from invoker.scheduler import Scheduler, instances_of
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +120,10 @@ class Invoker:
 
     def _send_migrate(self, activation_id: str, destination: str) -> None:
         """Queue a live migration (the Celery ``faas_llm.migrate`` task; the app is made on first use)."""
-        from faas_llm.celery_app import create_celery, send_migrate
+        from faas_llm.jobs import create_sender, send_migrate
 
         if self._celery is None:
-            self._celery = create_celery(self.settings)
+            self._celery = create_sender(self.settings)
         send_migrate(self._celery, activation_id, destination)
 
     # --- callbacks from the pool -----------------------------------------------------------
@@ -177,9 +178,8 @@ class Invoker:
         if self.leases.handle(fields):  # a run slot leased to (or given back by) a migrated run
             return
         try:
-            req = json.loads(fields[START_REQUEST_FIELD])
-            ns, name, rid = str(req["namespace"]), str(req["action"]), str(req["id"])
-        except (KeyError, ValueError, TypeError):
+            ns, name, rid = starts.parse_start(fields)
+        except ValueError:
             log.error("ignoring a malformed start request %r", fields)
             return
         action = self.actions.get(ns, name)

@@ -173,7 +173,7 @@ def load_model_to_device(
 ) -> tuple[nn.Module, LoadStats]:
     """The GPU twin of :func:`~faas_llm.checkpoint.load_model`: weights in GPU memory, skeleton
     built on the CPU while the pipeline runs, CPU-built buffers moved to the device."""
-    from faas_llm.checkpoint.model import _build_in_background, assign_tensors
+    from faas_llm.checkpoint.skeleton import assign_tensors, build_in_background
     from faas_llm.checkpoint.tensors import tensors_from_region
 
     started = time.perf_counter()
@@ -186,7 +186,7 @@ def load_model_to_device(
     config_dir = source.config_dir
     if config_dir is None:
         raise CheckpointError(f"{source.description}: no directory with the model's config.json")
-    builder, skeleton, failure = _build_in_background(config_dir)
+    builder, skeleton, failure = build_in_background(config_dir)
     try:
         region, stats = load_to_device(source, source.index, device=device, verify=verify, **options)
     finally:

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from faas_llm.celery_app import FaasCelery, create_celery
+from faas_llm.jobs import FaasCelery
 from faas_llm.registry import FileRegistry
 from faas_llm.settings import Settings, child_environ
 from tests.cache_agent.conftest import AgentProcess
 from tests.harness import wait_for
+from worker.celery_app import create_celery
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
@@ -30,7 +31,7 @@ class WorkerProcess:
         self.log_path = log_path
         self.log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "faas_llm.cli", "worker", "--node", settings.node_id],
+            [sys.executable, "-m", "cli", "worker", "--node", settings.node_id],
             cwd=REPO, env=child_environ(settings), stdout=self.log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )

@@ -19,14 +19,16 @@ import pytest
 import redis
 
 from faas_llm.activations import ActivationStore
-from faas_llm.celery_app import create_celery, send_drain
-from faas_llm.migration import ABORTED, FAILED, FELL_BACK, RESUMED, Coordinator, running
+from faas_llm.jobs import send_drain
+from faas_llm.migration import ABORTED, FAILED, FELL_BACK, RESUMED, running
 from faas_llm.redis_server import RedisServer
 from faas_llm.registry import FileRegistry
 from faas_llm.registry.push import push_model
 from faas_llm.settings import Settings
 from tests.celery.conftest import WorkerProcess
 from tests.invoker.cluster_harness import Cluster, annotation, wait_for
+from worker.celery_app import create_celery
+from worker.coordinator import Coordinator
 
 pytestmark = pytest.mark.slow
 DB = 8

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from faas_llm.celery_app import FaasCelery, send_prefetch
+from faas_llm.jobs import FaasCelery, send_prefetch
 from faas_llm.keys import Keys
 from faas_llm.model_status import ModelStatusStore
 from faas_llm.registry import FileRegistry

@@ -7,11 +7,12 @@ import json
 
 import pytest
 
-from faas_llm.celery_app import DEFAULT_QUEUE, celery_config, worker_argv
 from faas_llm.errors import ConfigError
+from faas_llm.jobs import DEFAULT_QUEUE, celery_config
 from faas_llm.prefetch_policy import NodeCache, PolicyConfig, Prefetch, plan_prefetch, replicas_wanted
 from faas_llm.settings import Settings
-from faas_llm.tasks.rescue import decode_message
+from worker.celery_app import worker_argv
+from worker.tasks.rescue import decode_message
 
 
 def test_celery_config_is_json_only_acks_late_and_restores_promptly() -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from faas_llm.celery_app import FaasCelery, send_prefetch
+from faas_llm.jobs import FaasCelery, send_prefetch
 from faas_llm.model_status import ModelStatusStore
 from faas_llm.popularity import recent_counts, record_invocation
-from faas_llm.tasks.rescue import decode_message, rescue_dead_queues
-from faas_llm.tasks.tick import apply_prefetch_policy
 from faas_llm.types import NodeReport, now_ms
+from worker.tasks.rescue import decode_message, rescue_dead_queues
+from worker.tasks.tick import apply_prefetch_policy
 
 
 def report(app: FaasCelery, node: str) -> None:

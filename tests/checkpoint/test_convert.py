@@ -11,8 +11,8 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
+from cli import cli
 from faas_llm.checkpoint import RegionPool, convert, load_model, read_index
-from faas_llm.cli import cli
 from faas_llm.errors import CheckpointError
 from tests.checkpoint.conftest import logits, reference
 

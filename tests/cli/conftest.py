@@ -36,7 +36,7 @@ class Cli:
     home: Path
 
     def __call__(self, *args: str, timeout: float = 120, input: str | None = None) -> CliResult:
-        proc = subprocess.run([sys.executable, "-m", "faas_llm.cli", *args], env=self.env, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "cli", *args], env=self.env, capture_output=True,
                               text=True, timeout=timeout, input=input)
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
@@ -101,7 +101,7 @@ def start_up(cli: Cli, *extra: str, ready_timeout: float = 150) -> UpCluster:
     data_dir = cli.home / "data"
     log = cli.home / "up.out"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "faas_llm.cli", "up", "--port", str(port), *extra],
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "up", "--port", str(port), *extra],
                                 env=cli.env, stdout=out, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
     cluster = UpCluster(proc, cli, port, data_dir, log)

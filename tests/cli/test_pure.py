@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 import pytest
 
-from faas_llm.cli._client import collect_params, parse_value
-from faas_llm.cli.activation import strip_log_line
-from faas_llm.cli.cluster import warm_by_action
-from faas_llm.cli.up import parse_size, port_free
+from cli._client import collect_params, parse_value
+from cli.activation import strip_log_line
+from cli.cluster import warm_by_action
+from cli.up import parse_size, port_free
 from faas_llm.client import Invoked, action_body, error_for, parse_sse
 from faas_llm.errors import (
     AuthError,
@@ -158,7 +158,7 @@ def test_port_free_detects_a_listener() -> None:
 
 
 def test_compare_rows_put_activations_side_by_side() -> None:
-    from faas_llm.cli.activation import compare_rows
+    from cli.activation import compare_rows
     from faas_llm.errors import ActivationStatus
     from faas_llm.types import ActivationRecord, ActivationResponse, KeyValue, LoadTier
 

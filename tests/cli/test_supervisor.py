@@ -10,10 +10,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from cli.supervisor import SERVICES, ServiceSpec, Supervisor, available_services, module_exists
 from faas_llm import probes
 from faas_llm.errors import ConfigError
 from faas_llm.settings import Settings
-from faas_llm.supervisor import SERVICES, ServiceSpec, Supervisor, available_services, module_exists
 
 # A service that starts a grandchild in a session of its own (as a container factory might) and a
 # grandchild in its own group that ignores SIGTERM, writes their pids, then serves forever.
@@ -77,7 +77,7 @@ def test_service_table_is_data_and_availability_follows_the_package() -> None:
     have, lack = available_services()
     assert {s.name for s in have} | {s.name for s in lack} == {s.name for s in SERVICES}
     for spec in have:
-        if spec.args[:1] == ("-m",) and spec.args[1] != "faas_llm.cli":
+        if spec.args[:1] == ("-m",) and spec.args[1] != "cli":
             assert module_exists(spec.args[1]), spec
     fake = ServiceSpec("ghost", ("-m", "no_such_package_xyz"), lambda: module_exists("no_such_package_xyz.__main__"))
     assert available_services([fake]) == ([], [fake])

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from faas_llm.cli.up import port_free
+from cli.up import port_free
 from faas_llm.properties import read_properties
 from tests.cli.conftest import Cli, UpCluster, cli_env, start_up, stop_up
 

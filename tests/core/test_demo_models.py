@@ -61,14 +61,14 @@ def test_bench_spec_is_about_1_3b_parameters() -> None:
 def test_cli_make_demo(tmp_path: Path) -> None:
     out = tmp_path / "cli-model"
     proc = subprocess.run(
-        [sys.executable, "-m", "faas_llm.cli", "model", "make-demo", "--size", "tiny", str(out)],
+        [sys.executable, "-m", "cli", "model", "make-demo", "--size", "tiny", str(out)],
         capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stderr
     assert "wrote tiny llama model" in proc.stdout
     assert (out / "model.safetensors").exists()
     bad = subprocess.run(
-        [sys.executable, "-m", "faas_llm.cli", "model", "make-demo", "--size", "huge", str(out)],
+        [sys.executable, "-m", "cli", "model", "make-demo", "--size", "huge", str(out)],
         capture_output=True, text=True, timeout=60,
     )
     assert bad.returncode == 2 and "huge" in bad.stderr

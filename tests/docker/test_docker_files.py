@@ -84,7 +84,7 @@ def _image_entrypoints() -> dict[str, list[str]]:
 
 def _check_command(argv: list[str], where: str) -> None:
     """A command our images run exists in the package: console scripts, `faas-llm SUB`, `python -m MOD`."""
-    from faas_llm.cli import cli
+    from cli import cli
 
     assert argv, f"{where}: empty command"
     head = argv[0]
@@ -219,7 +219,7 @@ def test_service_requirements_are_pyprojects_without_the_model_stack() -> None:
 def test_gateway_and_node_images_import_without_the_model_stack() -> None:
     blocked = "; ".join(f"sys.modules[{m!r}] = None" for m in sorted(MODEL_STACK))
     code = (f"import sys; {blocked}; import gateway.__main__, gateway.app, invoker.__main__, cache_agent.__main__, "
-            "faas_llm.cli, faas_llm.probes; from faas_llm.cli import cli; assert 'invoker' in cli.commands")
+            "worker.__main__, cli, faas_llm.probes; from cli import cli; assert 'invoker' in cli.commands")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
 

@@ -9,8 +9,8 @@ import redis
 import requests
 from click.testing import CliRunner
 
+from cli import cli, main
 from faas_llm.auth import AuthStore, Credentials
-from faas_llm.cli import cli, main
 from faas_llm.keys import Keys
 from faas_llm.settings import Settings, get_settings
 
@@ -72,7 +72,7 @@ def test_faas_llm_gateway_command_serves_until_sigterm(settings: Settings) -> No
     from tests.gateway.conftest import REPO, wait_healthy
 
     served = settings.model_copy(update={"gateway_port": free_port(), "gateway_workers": 1, "gateway_threads": 2})
-    proc = subprocess.Popen([sys.executable, "-m", "faas_llm.cli", "gateway"], env=child_environ(served), cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "gateway"], env=child_environ(served), cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_healthy(f"http://{served.gateway_host}:{served.gateway_port}", proc)

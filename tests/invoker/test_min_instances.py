@@ -15,10 +15,11 @@ from faas_llm.errors import ActivationStatus
 from faas_llm.keys import Keys
 from faas_llm.placement import make_policy
 from faas_llm.settings import Settings
+from faas_llm.starts import START_REQUEST_FIELD
 from faas_llm.types import Action, ContainerInfo, ContainerState, Exec, NodeReport, Scaling
 from invoker import streams
 from invoker.cluster import ActionCache, publish_report
-from invoker.scheduler import START_REQUEST_FIELD, Scheduler
+from invoker.scheduler import Scheduler
 
 
 def test_starts_below_min_counts_only_what_reaches_min_within_max() -> None:

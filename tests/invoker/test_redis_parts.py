@@ -15,6 +15,7 @@ from faas_llm.errors import ActivationStatus
 from faas_llm.keys import Keys
 from faas_llm.placement import make_policy
 from faas_llm.settings import Settings
+from faas_llm.starts import START_REQUEST_FIELD
 from faas_llm.types import (
     Action,
     CacheInventory,
@@ -32,7 +33,7 @@ from invoker import reclaim, streams
 from invoker.cluster import ActionCache, publish_report, read_reports
 from invoker.metrics import InvokerMetrics
 from invoker.records import failure_record
-from invoker.scheduler import START_REQUEST_FIELD, Scheduler
+from invoker.scheduler import Scheduler
 
 GB = 1_000_000_000
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import redis
 
+from cli.supervisor import RestartBudget
 from faas_llm.activations import ActivationStore
 from faas_llm.keys import Keys
-from faas_llm.supervisor import RestartBudget
 from invoker.replay import Delivered, ReplayFilter, delivered, replay_seed, stream_sink, with_replay_seed
 
 

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from faas_llm.keys import Keys
 from faas_llm.types import now_ms
+from worker.tasks.inventories import node_caches
 
 if TYPE_CHECKING:
-    from faas_llm.celery_app import FaasCelery
+    from faas_llm.jobs import FaasCelery
 
 log = logging.getLogger(__name__)
 QUEUE_PREFIX = Keys.node_queue("")
@@ -96,9 +97,8 @@ def rescue_dead_queues(app: FaasCelery, at_ms: int | None = None) -> list[dict[s
 
 
 def _reroute(app: FaasCelery, dead: str, raw: str, live: list[str]) -> dict[str, Any]:
-    from faas_llm.celery_app import DEFAULT_QUEUE, TASK_PREFETCH, send_prefetch
+    from faas_llm.jobs import DEFAULT_QUEUE, TASK_PREFETCH, send_prefetch
     from faas_llm.model_status import ModelStatusStore
-    from faas_llm.tasks.tick import node_caches
 
     try:
         task = decode_message(raw)

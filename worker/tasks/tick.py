@@ -1,7 +1,7 @@
 """The periodic jobs of the Celery workers: the rescuer, then the prefetch policy.
 
 Every worker runs :func:`run_tick` each ``settings.celery_tick_s`` (a worker bootstep, see
-:mod:`faas_llm.celery_app`); a Redis lock (``keys.celery_lock("tick")``) lets one worker in
+:mod:`worker.celery_app`); a Redis lock (``keys.celery_lock("tick")``) lets one worker in
 the cluster do it per period. ``faas_llm.tick`` runs it on demand.
 """
 
@@ -15,12 +15,13 @@ from pydantic import ValidationError
 
 from faas_llm.model_status import ModelStatusStore
 from faas_llm.popularity import recent_counts
-from faas_llm.prefetch_policy import NodeCache, Plan, PolicyConfig, plan_prefetch
-from faas_llm.tasks.rescue import live_nodes, rescue_dead_queues
-from faas_llm.types import Action, CacheInventory, now_ms
+from faas_llm.prefetch_policy import Plan, PolicyConfig, plan_prefetch
+from faas_llm.types import Action, now_ms
+from worker.tasks.inventories import node_caches
+from worker.tasks.rescue import live_nodes, rescue_dead_queues
 
 if TYPE_CHECKING:
-    from faas_llm.celery_app import FaasCelery
+    from faas_llm.jobs import FaasCelery
 
 log = logging.getLogger(__name__)
 #: a queued/running prefetch younger than this is not asked for again
@@ -44,24 +45,6 @@ def tick_task(task: Any) -> dict[str, Any] | None:
     return run_tick(task.app, force=True)
 
 
-def node_caches(app: FaasCelery, nodes: list[str]) -> list[NodeCache]:
-    raws = app.redis.mget([app.keys.node_cache(n) for n in nodes]) if nodes else []
-    out = []
-    for node, raw in zip(nodes, raws, strict=True):
-        inv = None
-        if raw:
-            try:
-                inv = CacheInventory.model_validate_json(raw)
-            except ValidationError:
-                inv = None
-        if inv is None:
-            out.append(NodeCache(node))
-        else:
-            out.append(NodeCache(node, frozenset(inv.dram.models) | frozenset(inv.pending_loads),
-                                 frozenset(inv.ssd.models), inv.dram.free_bytes, inv.ssd.free_bytes))
-    return out
-
-
 def pinned_models(app: FaasCelery) -> dict[str, int]:
     """Models of actions with ``min_instances > 0`` (the largest pin per model)."""
     r, keys = app.redis, app.keys
@@ -83,7 +66,7 @@ def pinned_models(app: FaasCelery) -> dict[str, int]:
 
 
 def apply_prefetch_policy(app: FaasCelery) -> Plan:
-    from faas_llm.celery_app import send_prefetch
+    from faas_llm.jobs import send_prefetch
 
     settings = app.faas_settings
     nodes = live_nodes(app)

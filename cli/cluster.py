@@ -10,7 +10,7 @@ import click
 import redis
 from pydantic import BaseModel, Field
 
-from faas_llm.cli._client import echo_json, echo_table, json_option, load_settings
+from cli._client import echo_json, echo_table, json_option, load_settings
 from faas_llm.errors import FaasLLMError
 from faas_llm.keys import Keys
 from faas_llm.properties import ClientConfig

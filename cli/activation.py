@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import click
 
-from faas_llm.cli._client import client_options, echo_json, echo_table, json_option, make_client
+from cli._client import client_options, echo_json, echo_table, json_option, make_client
 from faas_llm.client import Client
 from faas_llm.errors import RequestError
 from faas_llm.types import ActivationRecord, LoadTier, now_ms

@@ -1,7 +1,7 @@
 """Background-work commands: ``faas-llm worker``, ``faas-llm model prefetch|status`` and ``faas-llm node drain``.
 
 They talk to the cluster's Redis (``--redis-url``, else the environment / properties file) and
-queue Celery tasks (:mod:`faas_llm.celery_app`); ``--wait`` follows a task to its outcome.
+queue Celery tasks (:mod:`faas_llm.jobs`); ``--wait`` follows a task to its outcome.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from faas_llm.cli._client import echo_json, echo_table, json_option, load_settings
+from cli._client import echo_json, echo_table, exec_service, json_option, load_settings
 from faas_llm.errors import FaasLLMError, InternalError, RequestError
 from faas_llm.settings import Settings
 
@@ -47,15 +47,10 @@ def _wait(app: Any, task_id: str, timeout_s: float) -> Any:
 def worker(ctx: click.Context, node: str | None) -> None:
     """Run a Celery worker for this node's queue (node.<id>) and the default queue.
 
-    The same as: celery -A faas_llm.celery_app worker -Q node.<id>,celery -P <pool> -c <n>
+    The same as: celery -A worker.celery_app worker -Q node.<id>,celery -P <pool> -c <n>
     (extra arguments go to celery worker).
     """
-    from faas_llm.celery_app import create_celery, worker_argv
-
-    settings = load_settings(**({"node_id": node} if node else {}))
-    app = create_celery(settings)
-    app.set_current()
-    app.worker_main(worker_argv(settings, list(ctx.args)))
+    exec_service("worker", [*(["--node", node] if node else []), *ctx.args])
 
 
 @click.command("prefetch")
@@ -69,9 +64,9 @@ def worker(ctx: click.Context, node: str | None) -> None:
 def prefetch(name: str, nodes: tuple[str, ...], tier: str, version: int | None, wait_s: float | None,
              redis_url: str | None, as_json: bool) -> None:
     """Fill NODE's DRAM or SSD tier with model NAME ahead of demand (a Celery task on node.<id>)."""
-    from faas_llm.celery_app import create_celery, send_prefetch
+    from faas_llm.jobs import create_sender, send_prefetch
 
-    app = create_celery(_settings(redis_url))
+    app = create_sender(_settings(redis_url))
     out: list[dict[str, Any]] = []
     try:
         for node in nodes:
@@ -138,9 +133,9 @@ def node() -> None:
 @json_option
 def drain(node_id: str, wait_s: float | None, redis_url: str | None, as_json: bool) -> None:
     """Move everything off NODE_ID: live-migrate its running generations, then its containers go."""
-    from faas_llm.celery_app import create_celery, send_drain
+    from faas_llm.jobs import create_sender, send_drain
 
-    app = create_celery(_settings(redis_url))
+    app = create_sender(_settings(redis_url))
     try:
         task_id = send_drain(app, node_id)
         outcome: Any = {"node": node_id, "task_id": task_id, "state": "queued"}

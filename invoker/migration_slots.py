@@ -1,4 +1,4 @@
-"""Slot accounting of a migrated run, for the invoker that owns it (:class:`faas_llm.migration.SlotHooks`).
+"""Slot accounting of a migrated run, for the invoker that owns it (:class:`invoker.handoff.SlotHooks`).
 
 * the source's slot is released as soon as the source stopped (``release_source``: the invoker's
   callback frees the container and gives it a new worker), so a waiting request can use it;
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from faas_llm import slot_lease
+from faas_llm import slot_lease, starts
 from faas_llm.errors import NoCapacityError
 from faas_llm.keys import Keys
 from faas_llm.settings import Settings
@@ -45,7 +45,7 @@ class LeaseSet:
 
 
 class LeasedSlots:
-    """:class:`faas_llm.migration.SlotHooks` for one run of an invoker."""
+    """:class:`invoker.handoff.SlotHooks` for one run of an invoker."""
 
     def __init__(self, settings: Settings, r: Any, keys: Keys, leases: LeaseSet, release_source: Callable[[], None],
                  deadline_ms: int) -> None:
@@ -69,14 +69,13 @@ class LeasedSlots:
 
     @contextmanager
     def fallback(self, source: Any) -> Iterator[str]:
-        from faas_llm.migration import Coordinator
-
         wait_s = max(1.0, (self.deadline_ms - now_ms()) / 1000)
         ttl = slot_lease.lease_ttl_ms(self.settings)
         try:
             lease = slot_lease.request_slot(self.r, self.keys, source.node, source.url, ttl_ms=ttl, wait_s=wait_s)
         except NoCapacityError:  # the source's container is gone (e.g. replaced by the waiting request's)
-            url = Coordinator(self.settings, self.r, self.keys).ensure_container(source.node, source, wait_s)
+            url = starts.ensure_container(self.r, self.keys, source.node, source.namespace, source.action, wait_s,
+                                          source.activation_id)
             lease = slot_lease.request_slot(self.r, self.keys, source.node, url, ttl_ms=ttl,
                                             wait_s=max(1.0, (self.deadline_ms - now_ms()) / 1000))
         with self.hold(lease):

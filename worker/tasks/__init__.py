@@ -1,4 +1,4 @@
-"""Celery tasks of faas-llm, registered on an app by :func:`register` (see :mod:`faas_llm.celery_app`).
+"""Celery tasks of faas-llm, registered on an app by :func:`register` (see :mod:`worker.celery_app`).
 
 Every task is idempotent (a redelivery after a lost worker does no harm):
 
@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from faas_llm.celery_app import FaasCelery
+    from faas_llm.jobs import FaasCelery
 
 
 def register(app: FaasCelery) -> None:
-    from faas_llm.celery_app import TASK_DRAIN, TASK_MIGRATE, TASK_PREFETCH, TASK_TICK
-    from faas_llm.tasks import migration, prefetch, tick
+    from faas_llm.jobs import TASK_DRAIN, TASK_MIGRATE, TASK_PREFETCH, TASK_TICK
+    from worker.tasks import migration, prefetch, tick
 
     app.task(name=TASK_PREFETCH, bind=True, acks_late=True, reject_on_worker_lost=True)(prefetch.prefetch_task)
     app.task(name=TASK_MIGRATE, bind=True, acks_late=True, reject_on_worker_lost=True)(migration.migrate_task)

@@ -152,6 +152,6 @@ def _limiter(client: redis.Redis, settings: Settings) -> Limiter:
 @click.command("gateway")
 def gateway_cmd() -> None:
     """Run the gateway under gunicorn on FAAS_LLM_GATEWAY_HOST:FAAS_LLM_GATEWAY_PORT (like faas-llm-gateway)."""
-    from gateway.__main__ import serve
+    from cli._client import exec_service
 
-    serve(get_settings())
+    exec_service("gateway", [])

@@ -10,15 +10,16 @@ import sys
 
 import click
 
+from cli._client import exec_service
+from cli.action import action
+from cli.activation import activation
+from cli.admin import admin, gateway_cmd
+from cli.background import node, worker
+from cli.cluster import cluster
+from cli.model import model
+from cli.property import property_group
+from cli.up import down, up
 from faas_llm import __version__
-from faas_llm.cli.action import action
-from faas_llm.cli.activation import activation
-from faas_llm.cli.admin import admin, gateway_cmd
-from faas_llm.cli.background import node, worker
-from faas_llm.cli.cluster import cluster
-from faas_llm.cli.model import model
-from faas_llm.cli.property import property_group
-from faas_llm.cli.up import down, up
 from faas_llm.errors import FaasLLMError
 
 
@@ -33,9 +34,7 @@ def cli() -> None:
 @click.pass_context
 def cache_agent_cmd(ctx: click.Context) -> None:
     """Run this node's cache agent (the same options as `cache-agent`; --help for them)."""
-    from cache_agent.__main__ import main as agent_main
-
-    agent_main(ctx.args)
+    exec_service("cache_agent", list(ctx.args))
 
 
 cli.add_command(model)
@@ -54,17 +53,13 @@ cli.add_command(node)
 @cli.command("invoker")
 def invoker_cmd() -> None:
     """Run this node's invoker (settings from FAAS_LLM_* variables; SIGTERM stops it gracefully)."""
-    from invoker.__main__ import main as invoker_main
-
-    invoker_main()
+    exec_service("invoker", [])
 
 
 @cli.command("runtime")
 def runtime_cmd() -> None:
-    """Run an action runtime (OpenWhisk /init,/run; Knative $PORT) under gunicorn; FAAS_LLM_* settings."""
-    from action_runtime.__main__ import main as runtime_main
-
-    runtime_main()
+    """Run an action runtime (OpenWhisk /init,/run; Knative $PORT) on its own HTTP server; FAAS_LLM_* settings."""
+    exec_service("action_runtime", [])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,7 @@
 """``faas-llm up`` / ``faas-llm down``: a complete one-node cluster on this machine in one command.
 
 ``up`` runs in the foreground: an embedded Redis (or ``--redis-url``), then every service the
-package has (see :data:`faas_llm.supervisor.SERVICES`), a guest namespace and key written to the
+package has (see :data:`cli.supervisor.SERVICES`), a guest namespace and key written to the
 properties file, and a banner saying how to try it. Ctrl-C or SIGTERM stops everything (process
 groups, no orphans). ``--detach`` runs the same in the background; ``faas-llm down`` stops it,
 found through the state file ``<data_dir>/up.json``.
@@ -24,12 +24,12 @@ from typing import Any
 import click
 import psutil
 
-from faas_llm.cli._client import load_settings
+from cli._client import load_settings
+from cli.supervisor import RestartBudget, Supervisor, available_services, kill_all, process_alive
 from faas_llm.errors import ConfigError
 from faas_llm.properties import write_properties
 from faas_llm.redis_server import RedisServer, free_port
 from faas_llm.settings import Settings
-from faas_llm.supervisor import RestartBudget, Supervisor, available_services, kill_all, process_alive
 
 STATE_FILE = "up.json"
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
@@ -250,7 +250,7 @@ def run_detached(settings: Settings, argv: list[str], ready_timeout: float) -> N
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log_path = settings.data_dir / "up.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "faas_llm.cli", "up", *argv], stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "up", *argv], stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + ready_timeout + 30
     while time.monotonic() < deadline:

@@ -4,6 +4,8 @@ options that pick the gateway and key, ``-p KEY VALUE`` / ``-P FILE`` parameters
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +23,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment (a bad variable is a clear error, exit 1), with CLI overrides."""
     return Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def exec_service(package: str, argv: list[str]) -> None:
+    """Become the process of ``package`` (``python -m PACKAGE ARGV``): the CLI starts services, it does not
+    import them (each process is its own package)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", package, *argv])
 
 
 def client_options(func: F) -> F:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from faas_llm.cli._client import (
+from cli._client import (
     client_options,
     collect_params,
     echo_json,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from faas_llm.cli._client import echo_json, json_option, load_settings
+from cli._client import echo_json, json_option, load_settings
 from faas_llm.properties import ClientConfig, read_properties, write_properties
 
 

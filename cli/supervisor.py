@@ -40,13 +40,6 @@ def module_exists(name: str) -> bool:
         return False
 
 
-def cli_command_exists(name: str) -> bool:
-    """Whether ``faas-llm NAME`` is a registered command."""
-    from faas_llm.cli import cli
-
-    return name in cli.commands
-
-
 @dataclass(frozen=True)
 class ServiceSpec:
     """One kind of child process."""
@@ -71,7 +64,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
                 probes.gateway_ready, "faas-llm-gateway"),
     ServiceSpec("invoker", ("-m", "invoker"), lambda: module_exists("invoker.__main__"),
                 probes.invoker_ready, "faas-llm-invoker"),
-    ServiceSpec("worker", ("-m", "faas_llm.cli", "worker"), lambda: cli_command_exists("worker"),
+    ServiceSpec("worker", ("-m", "worker"), lambda: module_exists("worker.__main__"),
                 probes.always, "faas-llm worker"),
 )
 

@@ -2,14 +2,14 @@
 
 Both are idempotent: a migration already in progress for the activation is reported, not
 started twice; one of an activation that no longer runs does nothing; a drain re-run migrates
-what still runs on the node. See :mod:`faas_llm.migration` for the protocol.
+what still runs on the node. See :mod:`faas_llm.migration` for the protocol and :mod:`worker.coordinator` for the mover.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from faas_llm.migration import Coordinator, drain_node
+from worker.coordinator import Coordinator, drain_node
 
 
 def migrate_task(task: Any, activation_id: str, destination: str | None = None,

@@ -14,7 +14,7 @@ def model() -> None:
 
 
 def _add_registry_commands() -> None:
-    from faas_llm.cli.model_registry import delete, list_models, push
+    from cli.model_registry import delete, list_models, push
 
     for command in (push, list_models, delete):
         model.add_command(command)
@@ -24,7 +24,7 @@ _add_registry_commands()
 
 
 def _add_background_commands() -> None:
-    from faas_llm.cli.background import prefetch, status
+    from cli.background import prefetch, status
 
     for command in (prefetch, status):
         model.add_command(command)

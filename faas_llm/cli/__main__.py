@@ -1,3 +1,0 @@
-from faas_llm.cli import main
-
-main()

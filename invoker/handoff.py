@@ -1,0 +1,202 @@
+"""The invoker's side of a live migration: continue a run that a coordinator stopped for a hand-off.
+
+See :mod:`faas_llm.migration` for the protocol; :func:`continue_if_migrated` is the dispatch hook.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from faas_llm import slot_lease
+from faas_llm.errors import ActivationStatus
+from faas_llm.keys import Keys
+from faas_llm.migration import ABORTED, FAILED, FELL_BACK, HANDING_OFF, RESUMED, RunningRun, register_run
+from faas_llm.types import ActivationRecord, KeyValue, now_ms
+
+log = logging.getLogger(__name__)
+
+
+class RunOutcomeLike(Protocol):
+    status: ActivationStatus
+    result: Any
+
+
+TokenSink = Callable[[dict[str, Any]], None]
+RunFn = Callable[[str, dict[str, Any], TokenSink | None], RunOutcomeLike]
+
+
+class SlotHooks(Protocol):
+    """How a continued run accounts for container slots (the invoker's :class:`invoker.migration_slots.LeasedSlots`).
+
+    ``release_source()``: the source stopped and handed over: its slot is free for new work.
+    ``hold(lease_id)``: the destination's slot lease (taken by the coordinator) is now the run's; it is
+    renewed while the run lasts and released when the context ends.
+    ``fallback(source)``: a slot on a container of the action on the source's node (the source's own
+    container if it is still there) for resuming after the destination failed; yields its URL.
+    """
+
+    def release_source(self) -> None: ...
+
+    def hold(self, lease: slot_lease.SlotLease | None) -> AbstractContextManager[None]: ...
+
+    def fallback(self, source: RunningRun) -> AbstractContextManager[str]: ...
+
+
+class UnaccountedSlots:
+    """No slot accounting (a caller without an invoker, e.g. the bench): the source's container resumes."""
+
+    def release_source(self) -> None:
+        return None
+
+    @contextmanager
+    def hold(self, lease: slot_lease.SlotLease | None) -> Iterator[None]:
+        yield
+
+    @contextmanager
+    def fallback(self, source: RunningRun) -> Iterator[str]:
+        yield source.url
+
+
+@dataclass
+class Handoff:
+    """What a continued run adds to the activation record."""
+
+    outcome: RunOutcomeLike
+    nodes: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def annotate(self, record: ActivationRecord) -> ActivationRecord:
+        # the path the run took, in order (a fallback ends where it began: [a, b, a]); only repeats in a row
+        # collapse, so nodes[-1] is always the node that finished it
+        record.nodes = [n for i, n in enumerate(self.nodes) if i == 0 or n != self.nodes[i - 1]]
+        record.node = self.nodes[-1]
+        record.annotations.append(KeyValue(key="migration", value=self.info))
+        return record
+
+
+def _migrated_state(outcome: RunOutcomeLike) -> dict[str, Any] | None:
+    result = outcome.result
+    if outcome.status is ActivationStatus.SUCCESS and isinstance(result, dict) \
+            and result.get("finish_reason") == "migrated" and isinstance(result.get("state"), dict):
+        return dict(result["state"])
+    return None
+
+
+def _last_stream_ms(r: Any, keys: Keys, activation_id: str) -> int | None:
+    entries = r.xrevrange(keys.activation_tokens(activation_id), count=1)
+    if not entries:
+        return None
+    entry_id = entries[0][0]
+    return int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).split("-", 1)[0])
+
+
+class _Tracker:
+    """A token sink that remembers what passed through (to resume from it) and forwards it."""
+
+    def __init__(self, sink: TokenSink | None, on_first: Callable[[], None] | None = None) -> None:
+        self.sink = sink
+        self.on_first = on_first
+        self.tokens: list[int] = []
+        self.chars = 0
+        self.first_ms: int | None = None
+
+    def __call__(self, chunk: dict[str, Any]) -> None:
+        ids = [int(t) for t in chunk.get("token_ids") or []]
+        if ids and self.first_ms is None:
+            self.first_ms = now_ms()
+            if self.on_first is not None:
+                self.on_first()
+        self.tokens.extend(ids)
+        self.chars += len(chunk.get("text") or "")
+        if self.sink is not None:
+            self.sink(chunk)
+
+
+def continue_if_migrated(r: Any, keys: Keys, source: RunningRun, body: dict[str, Any], outcome: RunOutcomeLike,
+                         run: RunFn, sink: TokenSink | None, slots: SlotHooks | None = None) -> Handoff | None:
+    """The dispatch hook: if ``outcome`` is a hand-off a coordinator asked for, finish the run elsewhere.
+
+    ``run(url, body, sink)`` is the invoker's ``/run`` call (streaming events to ``sink``); ``sink``
+    is the activation's token stream (``None`` for a run that does not stream). ``slots``: the
+    invoker's slot accounting (default: none). The source's slot is released as soon as it has
+    stopped; the state (tokens so far) lives here and in ``keys.migration(id)``, so a failed
+    destination resumes on a slot of the source's node. Returns ``None`` when there is nothing to
+    continue (the ordinary outcome stands).
+    """
+    aid = source.activation_id
+    state = _migrated_state(outcome)
+    if state is None:
+        return None
+    slots = slots or UnaccountedSlots()
+    nodes = [source.node]
+    info: dict[str, Any] = {"from": source.node, "rounds": 0}
+    released = False
+    while state is not None:
+        plan = r.hgetall(keys.migration(aid))
+        if plan.get("phase") != HANDING_OFF or not plan.get("dest_url"):
+            if plan.get("phase") in (ABORTED, FAILED) and state.get("generated_ids") is not None and len(nodes) == 1:
+                # stopped by a migration that then gave up: the run goes on here (never lost)
+                info.update(fell_back=True, reason=plan.get("reason") or plan.get("phase"), to=source.node)
+                outcome = _resume_on_source(r, keys, source, body, state, run, sink, slots, nodes, released)
+                released = True
+                state = _migrated_state(outcome)
+                continue
+            # stopped with no hand-off waiting (e.g. the caller's own export_after): the outcome stands
+            return Handoff(outcome, nodes, info) if len(nodes) > 1 else None
+        if not released:
+            slots.release_source()  # the source stopped: its slot takes new work from now on
+            released = True
+        dest, dest_url = plan["destination"], plan["dest_url"]
+        lease = slot_lease.decode(plan.get("lease"))
+        r.hdel(keys.migration(aid), "lease")  # the lease is this run's now
+        stopped_ms = now_ms()
+        last_ms = _last_stream_ms(r, keys, aid) if sink is not None else None
+        track = _Tracker(sink, lambda: r.hset(keys.migration(aid), mapping={"phase": RESUMED, "resumed_ms": now_ms()}))
+        value = {"resume": state, "prefill_session": plan.get("session") or aid, "stream": True}
+        register_run(r, keys, source.model_copy(update={"node": dest, "url": dest_url, "container": "migrated"}),
+                     moved_from=source.node)
+        next_outcome: RunOutcomeLike | None = None
+        try:
+            with slots.hold(lease):
+                next_outcome = run(dest_url, {**body, "value": value}, track)
+            error = None if next_outcome.status is ActivationStatus.SUCCESS else str(next_outcome.result)
+        except Exception as exc:  # the destination died or cannot be reached
+            error = f"{type(exc).__name__}: {exc}"
+        info.update(to=dest, rounds=int(plan.get("rounds") or 0), gap_tokens=int(plan.get("gap") or 0),
+                    stopped_ms=stopped_ms)
+        if track.first_ms is not None:
+            info["pause_ms"] = track.first_ms - (last_ms if last_ms is not None else stopped_ms)
+        if error is None and next_outcome is not None:
+            nodes.append(dest)
+            r.hset(keys.migration(aid), mapping={"phase": RESUMED, "pause_ms": info.get("pause_ms", "")})
+            outcome = next_outcome
+            state = _migrated_state(outcome)  # migrated again, from B onwards
+            continue
+        # B failed: resume on the source's node from every token made so far (none is made twice)
+        log.warning("migration of %s to %s failed (%s); continuing on %s", aid, dest, error, source.node)
+        resumed = {**state, "generated_ids": list(state.get("generated_ids") or []) + track.tokens,
+                   "emitted_chars": int(state.get("emitted_chars") or 0) + track.chars}
+        r.hset(keys.migration(aid), mapping={"phase": FELL_BACK, "reason": error or "", "fell_back_ms": now_ms()})
+        info.update(fell_back=True, reason=error, to=source.node)
+        if track.tokens:
+            nodes.append(dest)
+        outcome = _resume_on_source(r, keys, source, body, resumed, run, sink, slots, nodes, True, moved_from=dest)
+        state = _migrated_state(outcome)
+    return Handoff(outcome, nodes, info)
+
+
+def _resume_on_source(r: Any, keys: Keys, source: RunningRun, body: dict[str, Any], state: dict[str, Any], run: RunFn,
+                      sink: TokenSink | None, slots: SlotHooks, nodes: list[str], released: bool,
+                      moved_from: str | None = None) -> RunOutcomeLike:
+    """Resume ``state`` on a slot of the source's node (its own container while it is there)."""
+    if not released:
+        slots.release_source()
+    nodes.append(source.node)
+    with slots.fallback(source) as url:
+        register_run(r, keys, source.model_copy(update={"url": url}), moved_from=moved_from)
+        value = {"resume": state, "stream": True}
+        return run(url, {**body, "value": value}, sink if sink is not None else (lambda _c: None))
