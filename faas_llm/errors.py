@@ -16,6 +16,7 @@ the activation status an invocation that dies of it gets (OpenWhisk's
     ├── ConflictError                 409
     ├── ThrottledError                429
     ├── NoCapacityError               503  (recoverable: retry later)
+    ├── StoreUnavailableError         503  Redis cannot serve for now (recoverable)
     ├── CheckpointError               500  a corrupt / unreadable checkpoint
     ├── RegistryError                 500  the model registry failed or has no such model
     ├── CacheAgentError               503  the node's cache agent is down or refused
@@ -129,6 +130,14 @@ class NoCapacityError(FaasLLMError):
     http_status = 503
     recoverable = True
     default_message = "There is no capacity to serve the request now."
+
+
+class StoreUnavailableError(FaasLLMError):
+    """Redis is unreachable, timed out, or answered that it cannot serve now (LOADING, READONLY, BUSY)."""
+
+    http_status = 503
+    recoverable = True
+    default_message = "The activation store is unavailable; retry later."
 
 
 class CheckpointError(FaasLLMError):

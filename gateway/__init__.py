@@ -1,7 +1,10 @@
-"""The gateway: the OpenWhisk REST API and an OpenAI-compatible API over a Redis queue.
+"""The gateway: the OpenWhisk REST API and an OpenAI-compatible API, the cluster's one front door.
 
-``create_app(settings)`` builds the Flask app; ``python -m gateway`` (``faas-llm-gateway``)
-serves it under gunicorn.
+It authenticates, admits and queues invocations and waits for their records; it may touch Redis only
+(never a container, an invoker or a cache agent) and imports ``faas_llm`` only.
+
+``create_app(settings)`` builds the Flask app over the route table (``gateway/routes``);
+``python -m gateway`` (``faas-llm-gateway``) serves it under gunicorn.
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
-from flask import current_app
 
 from faas_llm.actions_store import ActionStore
 from faas_llm.activations import ActivationStore
@@ -14,7 +13,7 @@ from faas_llm.keys import Keys
 from faas_llm.limits import ADMIT_SCRIPT, Limiter, NamespaceLimits
 from faas_llm.settings import Settings
 from faas_llm.thread_redis import ThreadRedis
-from gateway.http_auth import CredentialCache
+from gateway.credentials import CredentialCache
 from gateway.metrics import GatewayMetrics
 from gateway.services.actions import ActionService
 from gateway.services.invoke import InvokeService
@@ -55,8 +54,3 @@ class Gateway:
             metrics=GatewayMetrics(settings.gateway_metrics_dir), credentials=CredentialCache(),
         )
 
-
-def gateway() -> Gateway:
-    """The services of the app handling the current request."""
-    gw: Gateway = current_app.extensions[EXTENSION]
-    return gw

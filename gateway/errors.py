@@ -3,9 +3,13 @@
 - OpenWhisk (``/api/v1`` and everything not OpenAI): ``{"error": msg, "code": <transaction id>}``.
 - OpenAI (``/v1``): ``{"error": {"message", "type", "code"}}``.
 
-Every 401 carries OpenWhisk's ``WWW-Authenticate`` challenge. Services raise errors from
-:mod:`faas_llm.errors`; werkzeug's own HTTP errors (unknown route, wrong method, body too
-large) and anything unexpected are mapped here too, so no route builds an error body.
+Every 401 carries OpenWhisk's ``WWW-Authenticate`` challenge; every 503 a ``Retry-After``. Services
+raise errors from :mod:`faas_llm.errors`; a Redis that cannot answer for now (unreachable, timed out,
+``LOADING`` its data set, ``READONLY``, ``BUSY`` with a script, ...) is :class:`StoreUnavailableError`
+(503), as OpenWhisk's controller answers when it cannot reach its message bus; werkzeug's own HTTP
+errors (unknown route, wrong method, body too large) and anything unexpected are mapped here too, so no
+route builds an error body. :func:`exception_reply` serves both layers (the Flask app's error handlers
+and the hot-route layer), on the request's :class:`~gateway.calls.Call`.
 """
 
 from __future__ import annotations
@@ -14,16 +18,30 @@ import logging
 import re
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
+import redis
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from faas_llm.errors import AuthError, FaasLLMError, InternalError, NotFoundError, PayloadTooLargeError, RequestError
+from faas_llm.errors import (
+    AuthError,
+    FaasLLMError,
+    InternalError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RequestError,
+    StoreUnavailableError,
+)
+from gateway.calls import Call, Reply, json_bytes
 from gateway.http_auth import confirm_deferred, forget_deferred
 
 log = logging.getLogger(__name__)
 
 OPENAI_PREFIX = "/v1/"
 CHALLENGE = 'Basic realm="OpenWhisk secure realm"'
+#: seconds a client is told to wait before retrying a 503 (Redis back from a restart or a stall)
+RETRY_AFTER_S = 1
+#: error replies of a Redis that is there but cannot serve now (redis-py raises plain ResponseError for
+#: the codes it has no class for, with the code in ``status_code``)
+UNAVAILABLE_CODES = frozenset({"LOADING", "READONLY", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"})
 
 
 def is_openai_path(path: str) -> bool:
@@ -39,30 +57,56 @@ def openai_error_body(exc: FaasLLMError) -> dict[str, Any]:
     return {"error": {"message": exc.message, "type": exc.openai_type, "code": openai_code(exc)}}
 
 
-def openwhisk_error_body(exc: FaasLLMError) -> dict[str, Any]:
-    return {"error": exc.message, "code": transaction_id()}
-
-
-def transaction_id() -> str:
-    return str(getattr(g, "tid", "") or "")
-
-
-def error_response(exc: FaasLLMError, status: int | None = None) -> Response:
-    if (status or exc.http_status) == 401:
-        forget_deferred()
+def store_unavailable(exc: BaseException) -> StoreUnavailableError | None:
+    """The 503 a Redis error stands for when Redis cannot serve for now (``None``: any other error)."""
+    if isinstance(exc, (redis.AuthenticationError, redis.exceptions.AuthorizationError)):
+        return None  # a configuration error: retrying will not help
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):  # BusyLoadingError is one (LOADING)
+        reason = "timed out" if isinstance(exc, redis.TimeoutError) else "is unreachable"
+    elif isinstance(exc, redis.ResponseError) and _reply_code(exc) in UNAVAILABLE_CODES:
+        reason = f"answered {_reply_code(exc)}"
     else:
+        return None
+    return StoreUnavailableError(f"The activation store {reason}; retry later.")
+
+
+def _reply_code(exc: redis.ResponseError) -> str:
+    code = getattr(exc, "status_code", None)
+    return str(code) if code else str(exc).split(" ", 1)[0]
+
+
+def error_reply(exc: FaasLLMError, call: Call, status: int | None = None) -> Reply:
+    if (status or exc.http_status) == 401:
+        forget_deferred(call)
+    elif not isinstance(exc, StoreUnavailableError):  # the check would fail the same way
         try:  # a key taken from the worker's cache is confirmed before any other error is told
-            confirm_deferred()
+            confirm_deferred(call)
         except AuthError as auth_error:
             exc, status = auth_error, None
         except Exception:  # e.g. Redis down: the original error stands
             log.warning("could not confirm the caller's key before an error response", exc_info=True)
-    body = openai_error_body(exc) if is_openai_path(request.path) else openwhisk_error_body(exc)
-    response = jsonify(body)
-    response.status_code = status or exc.http_status
-    if response.status_code == 401:
-        response.headers["WWW-Authenticate"] = CHALLENGE
-    return response
+    body = openai_error_body(exc) if is_openai_path(call.path) else {"error": exc.message, "code": call.tid}
+    status = status or exc.http_status
+    headers: tuple[tuple[str, str], ...] = ()
+    if status == 401:
+        headers = (("WWW-Authenticate", CHALLENGE),)
+    elif status == 503 and exc.recoverable:
+        headers = (("Retry-After", str(RETRY_AFTER_S)),)
+    return Reply(status, json_bytes(body), headers=headers)
+
+
+def exception_reply(exc: Exception, call: Call) -> Reply:
+    """The reply to an exception a route (or its authentication) raised."""
+    if not isinstance(exc, FaasLLMError):
+        unavailable = store_unavailable(exc)
+        if unavailable is None:
+            log.error("unexpected error in %s %s", call.method, call.path, exc_info=exc)
+            return error_reply(InternalError(), call)
+        log.warning("request %s %s: Redis cannot serve now: %r", call.method, call.path, exc)
+        exc = unavailable
+    elif exc.http_status >= 500:
+        log.warning("request %s %s failed: %s", call.method, call.path, exc.message)
+    return error_reply(exc, call)
 
 
 def payload_too_large(size: int | None, limit: int) -> PayloadTooLargeError:
@@ -70,32 +114,18 @@ def payload_too_large(size: int | None, limit: int) -> PayloadTooLargeError:
     return PayloadTooLargeError(f"Request larger than allowed: {shown} > {limit} bytes.")
 
 
-def _handle_faas(exc: FaasLLMError) -> Response:
-    if exc.http_status >= 500:
-        log.warning("request %s %s failed: %s", request.method, request.path, exc.message)
-    return error_response(exc)
-
-
-def _handle_http(exc: HTTPException) -> Response:
+def http_exception_error(exc: HTTPException, call: Call, content_length: int | None,
+                         max_content_length: int | None) -> tuple[FaasLLMError, int | None]:
+    """The error (and the status, when not the error's own) a werkzeug HTTP error of the Flask layer
+    (no route, wrong method, body over ``MAX_CONTENT_LENGTH``) stands for."""
     status = exc.code or 500
     if isinstance(exc, RequestEntityTooLarge):
-        limit = max((request.max_content_length or 1) - 1, 0)  # see MAX_CONTENT_LENGTH in create_app
-        return error_response(payload_too_large(request.content_length, limit))
+        limit = max((max_content_length or 1) - 1, 0)  # see MAX_CONTENT_LENGTH in create_app
+        return payload_too_large(content_length, limit), None
     if status == 404:
-        return error_response(NotFoundError())
+        return NotFoundError(), None
     if status == 405:
-        return error_response(RequestError(f"Method {request.method} not allowed on {request.path}."), 405)
+        return RequestError(f"Method {call.method} not allowed on {call.path}."), 405
     if status < 500:
-        return error_response(RequestError(exc.description or "The request content was malformed."), status)
-    return error_response(InternalError(), status)
-
-
-def _handle_unexpected(exc: Exception) -> Response:
-    log.exception("unexpected error in %s %s", request.method, request.path)
-    return error_response(InternalError())
-
-
-def register_error_handlers(app: Flask) -> None:
-    app.register_error_handler(FaasLLMError, _handle_faas)
-    app.register_error_handler(HTTPException, _handle_http)
-    app.register_error_handler(Exception, _handle_unexpected)
+        return RequestError(exc.description or "The request content was malformed."), status
+    return InternalError(), status

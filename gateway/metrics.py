@@ -8,11 +8,9 @@ worker sums every worker, past ones included (a counter never goes back).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -66,27 +64,13 @@ class GatewayMetrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def exposition(self) -> Response:
+    def exposition(self) -> tuple[bytes, str]:
+        """The text exposition of every worker's metrics, and its content type."""
         registry = self.registry
         if self.multiprocess_dir is not None:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=str(self.multiprocess_dir))
-        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
-
-    def install(self, app: Flask) -> None:
-        @app.before_request
-        def _start_timer() -> None:
-            g.started = time.perf_counter()
-
-        @app.after_request
-        def _count(response: Response) -> Response:
-            route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-            started = getattr(g, "started", None)
-            if started is not None:
-                self.observe_request(route, request.method, response.status_code, time.perf_counter() - started)
-            else:
-                self.requests.labels(route, request.method, str(response.status_code)).inc()
-            return response
+        return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 def use_multiprocess_values() -> None:

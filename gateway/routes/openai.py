@@ -6,70 +6,61 @@ import json
 import time
 from collections.abc import Iterator
 
-from flask import Blueprint, Response, stream_with_context
-
 from faas_llm.errors import FaasLLMError
 from faas_llm.types import parse
-from gateway.context import gateway
-from gateway.errors import openai_error_body
-from gateway.http_auth import authenticate, current_identity
+from gateway.calls import ACTIVATION_HEADER, Call, Reply, json_reply
+from gateway.errors import openai_error_body, store_unavailable
+from gateway.http_auth import caller
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
-from gateway.routes.common import ACTIVATION_HEADER, json_object_body, json_response, transaction_id
 from gateway.services.openai import StreamEvent
 
-bp = Blueprint("openai", __name__, url_prefix="/v1")
+SSE = "text/event-stream; charset=utf-8"
 
 
-@bp.before_request
-def _authenticate() -> None:
-    gw = gateway()
-    authenticate(gw.auth, gw.credentials)
+def list_models(call: Call) -> Reply:
+    return json_reply(call.gw.openai.models(caller(call).namespace))
 
 
-@bp.get("/models")
-def list_models() -> Response:
-    return json_response(gateway().openai.models(current_identity().namespace))
+def get_model(call: Call, name: str) -> Reply:
+    return json_reply(call.gw.openai.model(caller(call).namespace, name))
 
 
-@bp.get("/models/<name>")
-def get_model(name: str) -> Response:
-    return json_response(gateway().openai.model(current_identity().namespace, name))
+def sse(events: Iterator[StreamEvent]) -> Iterator[bytes]:
+    """Server-Sent Events: ``data: {chunk}`` per event (an error as OpenAI's error object), then ``[DONE]``.
+    Redis failing mid-stream (the status is sent already) ends the stream with its error event."""
+    try:
+        for event in events:
+            body = openai_error_body(event) if isinstance(event, FaasLLMError) else event
+            yield f"data: {json.dumps(body, separators=(',', ':'))}\n\n".encode()
+    except Exception as exc:
+        unavailable = store_unavailable(exc)
+        if unavailable is None:
+            raise
+        yield f"data: {json.dumps(openai_error_body(unavailable), separators=(',', ':'))}\n\n".encode()
+    yield b"data: [DONE]\n\n"
 
 
-def sse(events: Iterator[StreamEvent]) -> Iterator[str]:
-    """Server-Sent Events: ``data: {chunk}`` per event (an error as OpenAI's error object), then ``[DONE]``."""
-    for event in events:
-        body = openai_error_body(event) if isinstance(event, FaasLLMError) else event
-        yield f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
-    yield "data: [DONE]\n\n"
-
-
-def _generate(req: CompletionRequest | ChatCompletionRequest) -> Response:
-    gw = gateway()
-    identity = current_identity()
+def _generate(call: Call, req: CompletionRequest | ChatCompletionRequest) -> Reply:
+    gw = call.gw
+    identity = caller(call)
     started = time.perf_counter()
     if req.stream:
-        streaming = gw.openai.stream(identity, req, transaction_id())
+        streaming = gw.openai.stream(identity, req, call.tid)
         gw.metrics.observe_invoke("openai", "stream", "accepted", time.perf_counter() - started)
-        return Response(
-            stream_with_context(sse(streaming.events)), mimetype="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-                     ACTIVATION_HEADER: streaming.activation_id},
-        )
+        return Reply(200, sse(streaming.events), SSE, (
+            ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"), (ACTIVATION_HEADER, streaming.activation_id)))
     try:
-        done = gw.openai.complete(identity, req, transaction_id())
+        done = gw.openai.complete(identity, req, call.tid)
     except FaasLLMError as exc:
         gw.metrics.observe_invoke("openai", "blocking", str(exc.http_status), time.perf_counter() - started)
         raise
     gw.metrics.observe_invoke("openai", "blocking", "200", time.perf_counter() - started)
-    return json_response(done.body, 200, done.activation_id)
+    return json_reply(done.body, 200, done.activation_id)
 
 
-@bp.post("/completions")
-def completions() -> Response:
-    return _generate(parse(CompletionRequest, json_object_body(required=True)))
+def completions(call: Call) -> Reply:
+    return _generate(call, parse(CompletionRequest, call.json_object(required=True)))
 
 
-@bp.post("/chat/completions")
-def chat_completions() -> Response:
-    return _generate(parse(ChatCompletionRequest, json_object_body(required=True)))
+def chat_completions(call: Call) -> Reply:
+    return _generate(call, parse(ChatCompletionRequest, call.json_object(required=True)))

@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 import redis
-from flask import Blueprint, Response
 
 from faas_llm import __version__
-from gateway.context import gateway
-from gateway.routes.common import json_response
-
-bp = Blueprint("ops", __name__)
+from gateway.calls import Call, Reply, json_reply
+from gateway.errors import RETRY_AFTER_S
 
 
-@bp.get("/health")
-def health() -> Response:
+def health(call: Call) -> Reply:
     try:
-        gateway().redis.ping()
+        call.gw.redis.ping()
     except redis.RedisError as exc:
-        return json_response({"status": "unavailable", "redis": False, "detail": str(exc)}, 503)
-    return json_response({"status": "ok", "redis": True})
+        down = json_reply({"status": "unavailable", "redis": False, "detail": str(exc)}, 503)
+        return Reply(down.status, down.body, headers=(("Retry-After", str(RETRY_AFTER_S)),))
+    return json_reply({"status": "ok", "redis": True})
 
 
-@bp.get("/metrics")
-def metrics() -> Response:
-    return gateway().metrics.exposition()
+def metrics(call: Call) -> Reply:
+    body, content_type = call.gw.metrics.exposition()
+    return Reply(200, body, content_type)
 
 
-@bp.get("/api/v1")
-def api_info() -> Response:
-    return json_response({"description": "faas-llm: OpenWhisk REST API and OpenAI-compatible API for LLM actions",
-                          "api_paths": ["/api/v1", "/v1"], "build": __version__})
+def api_info(call: Call) -> Reply:
+    return json_reply({"description": "faas-llm: OpenWhisk REST API and OpenAI-compatible API for LLM actions",
+                       "api_paths": ["/api/v1", "/v1"], "build": __version__})

@@ -46,9 +46,11 @@ def test_health_is_503_when_redis_is_gone(settings: Settings) -> None:
     server.thread.start()
     try:
         r = requests.get(f"{server.base}/health", timeout=10)
-        assert r.status_code == 503 and r.json()["redis"] is False
+        assert r.status_code == 503 and r.json()["redis"] is False and r.headers["Retry-After"] == "1"
         down = requests.get(f"{server.base}/api/v1/namespaces", auth=("a", "b"), timeout=10)
-        assert down.status_code == 500 and down.json()["error"] == "An internal error occurred."
+        assert down.status_code == 503 and down.headers["Retry-After"] == "1"
+        assert down.json() == {"error": "The activation store is unreachable; retry later.",
+                               "code": down.headers["X-Request-ID"]}
     finally:
         server.__exit__()
 
