@@ -272,7 +272,7 @@ def resimulate(args: argparse.Namespace, seq: Sequence[tuple[float, int, int]]) 
            float(saved.get("replay_s", math.nan)), measured_in=saved["machine"]["time"])
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--models", type=int, default=6)
     parser.add_argument("--requests", type=int, default=240)
@@ -299,11 +299,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="the invoker's scheduling tick (heartbeat_interval_s, its default) in the simulator")
     parser.add_argument("--resimulate", type=Path, default=None,
                         help="no cluster: simulate again against the measured run and calibration saved in this --json")
-    args = parser.parse_args(argv)
-    seq = sequence(args.requests, args.span, args.models, args.token_div, args.max_tokens, args.seed, args.offset)
-    if args.resimulate is not None:
-        resimulate(args, seq)
-        return
+    return parser.parse_args(argv)
+
+
+def measure(args: argparse.Namespace, seq: Sequence[tuple[float, int, int]]) -> None:
+    """A real cluster: calibration, the replay of ``seq``, then the report against the simulator."""
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="sim-validate-") as tmp_name:
         tmp = Path(tmp_name)
@@ -345,6 +345,15 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             cluster.stop()
     report(args, seq, real, nbytes, calib, loads, replay_s)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    seq = sequence(args.requests, args.span, args.models, args.token_div, args.max_tokens, args.seed, args.offset)
+    if args.resimulate is not None:
+        resimulate(args, seq)
+        return
+    measure(args, seq)
 
 
 if __name__ == "__main__":

@@ -357,7 +357,7 @@ def soak_case(cluster: Cluster, args: argparse.Namespace, r: Any) -> tuple[Row, 
     return row, driver, samples
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--invocations", type=int, default=10_000, help="invocations of the load run (0: skip)")
     parser.add_argument("--rate", type=float, default=100.0, help="target invocations per second (both cases)")
@@ -369,11 +369,41 @@ def main() -> None:
     parser.add_argument("--max-growth", type=float, default=5.0, help="RSS growth %% that fails the soak")
     parser.add_argument("--drain-s", type=float, default=300.0, help="longest wait for the last records")
     parser.add_argument("--gateway-workers", type=int, default=2, help="gunicorn workers of the gateway")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def run_cases(cluster: Cluster, args: argparse.Namespace, r: redis.Redis
+              ) -> tuple[list[Row], list[dict[str, Any]]]:
+    """The load run and the soak on an up cluster, then the audit of every accepted id: (rows, RSS samples)."""
+    rows: list[Row] = []
+    samples: list[dict[str, Any]] = []
+    accepted: list[str] = []
+    if args.invocations:
+        row, driver = load_case(cluster, args, r)
+        rows.append(row)
+        accepted += driver.accepted
+        row["metrics_accepted"] = cluster.metrics_accepted()
+        row["metrics_match"] = row["metrics_accepted"] == len(accepted)
+        print_table(rows[-1:], title="load")
+    if args.minutes:
+        row, driver, samples = soak_case(cluster, args, r)
+        rows.append(row)
+        accepted += driver.accepted
+        row["metrics_accepted"] = cluster.metrics_accepted()
+        row["metrics_match"] = row["metrics_accepted"] == len(accepted)
+    checks = audit(r, Keys("faas"), accepted)
+    for row in rows:
+        row.update(checks)
+        row["duplicates"] = checks["ids_handed_out_twice"] + checks["listed_other_than_once"] + \
+            checks["records_not_accepted"]
+    return rows, samples
+
+
+def main() -> None:
+    args = parse_args()
     rows: list[Row] = []
     samples: list[dict[str, Any]] = []
     cold: dict[str, Any] = {}
-    accepted: list[str] = []
     with tempfile.TemporaryDirectory(prefix="faas-llm-soak-") as tmp:
         home = Path(tmp)
         cluster = Cluster(home, {"invocations_per_minute": 10_000_000, "concurrent_invocations": 100_000,
@@ -386,24 +416,7 @@ def main() -> None:
             quiet_gc()  # the senders' own full collections are not the system's latency
             cold = cluster.sample()
             r = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
-            if args.invocations:
-                row, driver = load_case(cluster, args, r)
-                rows.append(row)
-                accepted += driver.accepted
-                row["metrics_accepted"] = cluster.metrics_accepted()
-                row["metrics_match"] = row["metrics_accepted"] == len(accepted)
-                print_table(rows[-1:], title="load")
-            if args.minutes:
-                row, driver, samples = soak_case(cluster, args, r)
-                rows.append(row)
-                accepted += driver.accepted
-                row["metrics_accepted"] = cluster.metrics_accepted()
-                row["metrics_match"] = row["metrics_accepted"] == len(accepted)
-            checks = audit(r, Keys("faas"), accepted)
-            for row in rows:
-                row.update(checks)
-                row["duplicates"] = checks["ids_handed_out_twice"] + checks["listed_other_than_once"] + \
-                    checks["records_not_accepted"]
+            rows, samples = run_cases(cluster, args, r)
             r.close()
         finally:
             cluster.down()
@@ -422,7 +435,6 @@ def main() -> None:
     bad = any(row["lost"] or row["duplicates"] or row["left_pending"] for row in rows) or \
         any(row.get("steady") is False or row.get("metrics_match") is False for row in rows)
     sys.exit(1 if bad else 0)
-
 
 if __name__ == "__main__":
     main()

@@ -2,6 +2,9 @@
 
 Modules: :mod:`.trace` (Azure LLM traces, bursty variant), :mod:`.workload` (models,
 Zipf popularity, time scaling to a load level), :mod:`.costs` (cluster and cost model),
-:mod:`.cache` (LRU checkpoint caches), :mod:`.engine` (the event loop),
-:mod:`.migration` (applying :mod:`faas_llm.migration_policy`), :mod:`.report` (stats, plot).
+:mod:`.cache` (LRU checkpoint caches), :mod:`.cluster` (nodes and instances), :mod:`.engine`
+(the event loop and dispatch), :mod:`.events` (event kinds), :mod:`.policy_view` (what a policy
+sees), :mod:`.loads` (loads and caches), :mod:`.moves` (applying migrations and holds),
+:mod:`.migration` (planning them with :mod:`faas_llm.migration_policy`), :mod:`.bounds` (the
+lower bound), :mod:`.report` (stats, plot).
 """
