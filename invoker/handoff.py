@@ -127,76 +127,102 @@ def continue_if_migrated(r: Any, keys: Keys, source: RunningRun, body: dict[str,
     destination resumes on a slot of the source's node. Returns ``None`` when there is nothing to
     continue (the ordinary outcome stands).
     """
-    aid = source.activation_id
     state = _migrated_state(outcome)
     if state is None:
         return None
-    slots = slots or UnaccountedSlots()
-    nodes = [source.node]
-    info: dict[str, Any] = {"from": source.node, "rounds": 0}
-    released = False
-    while state is not None:
-        plan = r.hgetall(keys.migration(aid))
-        if plan.get("phase") != HANDING_OFF or not plan.get("dest_url"):
-            if plan.get("phase") in (ABORTED, FAILED) and state.get("generated_ids") is not None and len(nodes) == 1:
+    return _Continuation(r, keys, source, body, run, sink, slots or UnaccountedSlots()).follow(outcome, state)
+
+
+class _Continuation:
+    """One stopped run followed to its end: each hand-off, fallback and resume, the nodes it went through and
+    the ``migration`` annotation."""
+
+    def __init__(self, r: Any, keys: Keys, source: RunningRun, body: dict[str, Any], run: RunFn,
+                 sink: TokenSink | None, slots: SlotHooks) -> None:
+        self.r, self.keys, self.source, self.body = r, keys, source, body
+        self.run, self.sink, self.slots = run, sink, slots
+        self.aid = source.activation_id
+        self.plan_key = keys.migration(self.aid)
+        self.nodes = [source.node]
+        self.info: dict[str, Any] = {"from": source.node, "rounds": 0}
+        self.released = False
+
+    def follow(self, outcome: RunOutcomeLike, state: dict[str, Any] | None) -> Handoff | None:
+        while state is not None:
+            plan = self.r.hgetall(self.plan_key)
+            if plan.get("phase") == HANDING_OFF and plan.get("dest_url"):
+                outcome = self._hand_off(plan, state)
+            elif plan.get("phase") in (ABORTED, FAILED) and state.get("generated_ids") is not None \
+                    and len(self.nodes) == 1:
                 # stopped by a migration that then gave up: the run goes on here (never lost)
-                info.update(fell_back=True, reason=plan.get("reason") or plan.get("phase"), to=source.node)
-                outcome = _resume_on_source(r, keys, source, body, state, run, sink, slots, nodes, released)
-                released = True
-                state = _migrated_state(outcome)
-                continue
-            # stopped with no hand-off waiting (e.g. the caller's own export_after): the outcome stands
-            return Handoff(outcome, nodes, info) if len(nodes) > 1 else None
-        if not released:
-            slots.release_source()  # the source stopped: its slot takes new work from now on
-            released = True
-        dest, dest_url = plan["destination"], plan["dest_url"]
+                self.info.update(fell_back=True, reason=plan.get("reason") or plan.get("phase"), to=self.source.node)
+                outcome = self._resume_on_source(state)
+            else:
+                # stopped with no hand-off waiting (e.g. the caller's own export_after): the outcome stands
+                return Handoff(outcome, self.nodes, self.info) if len(self.nodes) > 1 else None
+            state = _migrated_state(outcome)  # migrated again, from where it went on
+        return Handoff(outcome, self.nodes, self.info)
+
+    def _release_source(self) -> None:
+        """The source stopped: its slot takes new work from now on (once)."""
+        if not self.released:
+            self.released = True
+            self.slots.release_source()
+
+    def _hand_off(self, plan: dict[str, Any], state: dict[str, Any]) -> RunOutcomeLike:
+        """Resume on the destination the plan names; if it fails, on the source's node."""
+        self._release_source()
+        dest = plan["destination"]
         lease = slot_lease.decode(plan.get("lease"))
-        r.hdel(keys.migration(aid), "lease")  # the lease is this run's now
+        self.r.hdel(self.plan_key, "lease")  # the lease is this run's now
         stopped_ms = now_ms()
-        last_ms = _last_stream_ms(r, keys, aid) if sink is not None else None
-        track = _Tracker(sink, lambda: r.hset(keys.migration(aid), mapping={"phase": RESUMED, "resumed_ms": now_ms()}))
-        value = {"resume": state, "prefill_session": plan.get("session") or aid, "stream": True}
-        register_run(r, keys, source.model_copy(update={"node": dest, "url": dest_url, "container": "migrated"}),
-                     moved_from=source.node)
-        next_outcome: RunOutcomeLike | None = None
-        try:
-            with slots.hold(lease):
-                next_outcome = run(dest_url, {**body, "value": value}, track)
-            error = None if next_outcome.status is ActivationStatus.SUCCESS else str(next_outcome.result)
-        except Exception as exc:  # the destination died or cannot be reached
-            error = f"{type(exc).__name__}: {exc}"
-        info.update(to=dest, rounds=int(plan.get("rounds") or 0), gap_tokens=int(plan.get("gap") or 0),
-                    stopped_ms=stopped_ms)
+        last_ms = _last_stream_ms(self.r, self.keys, self.aid) if self.sink is not None else None
+        track = _Tracker(self.sink, lambda: self.r.hset(self.plan_key, mapping={"phase": RESUMED,
+                                                                                "resumed_ms": now_ms()}))
+        outcome, error = self._run_on_destination(plan, state, lease, track)
+        self.info.update(to=dest, rounds=int(plan.get("rounds") or 0), gap_tokens=int(plan.get("gap") or 0),
+                         stopped_ms=stopped_ms)
         if track.first_ms is not None:
-            info["pause_ms"] = track.first_ms - (last_ms if last_ms is not None else stopped_ms)
-        if error is None and next_outcome is not None:
-            nodes.append(dest)
-            r.hset(keys.migration(aid), mapping={"phase": RESUMED, "pause_ms": info.get("pause_ms", "")})
-            outcome = next_outcome
-            state = _migrated_state(outcome)  # migrated again, from B onwards
-            continue
-        # B failed: resume on the source's node from every token made so far (none is made twice)
-        log.warning("migration of %s to %s failed (%s); continuing on %s", aid, dest, error, source.node)
+            self.info["pause_ms"] = track.first_ms - (last_ms if last_ms is not None else stopped_ms)
+        if error is None and outcome is not None:
+            self.nodes.append(dest)
+            self.r.hset(self.plan_key, mapping={"phase": RESUMED, "pause_ms": self.info.get("pause_ms", "")})
+            return outcome
+        return self._destination_failed(dest, state, track, error)
+
+    def _run_on_destination(self, plan: dict[str, Any], state: dict[str, Any], lease: slot_lease.SlotLease | None,
+                            track: _Tracker) -> tuple[RunOutcomeLike | None, str | None]:
+        """``/run`` on the destination's prefilled session, holding its slot lease: the outcome and the error."""
+        dest, dest_url = plan["destination"], plan["dest_url"]
+        value = {"resume": state, "prefill_session": plan.get("session") or self.aid, "stream": True}
+        register_run(self.r, self.keys, self.source.model_copy(update={"node": dest, "url": dest_url,
+                                                                        "container": "migrated"}),
+                     moved_from=self.source.node)
+        try:
+            with self.slots.hold(lease):
+                outcome = self.run(dest_url, {**self.body, "value": value}, track)
+        except Exception as exc:  # the destination died or cannot be reached
+            return None, f"{type(exc).__name__}: {exc}"
+        return outcome, None if outcome.status is ActivationStatus.SUCCESS else str(outcome.result)
+
+    def _destination_failed(self, dest: str, state: dict[str, Any], track: _Tracker, error: str | None
+                            ) -> RunOutcomeLike:
+        """Resume on the source's node from every token made so far (none is made twice)."""
+        log.warning("migration of %s to %s failed (%s); continuing on %s", self.aid, dest, error, self.source.node)
         resumed = {**state, "generated_ids": list(state.get("generated_ids") or []) + track.tokens,
                    "emitted_chars": int(state.get("emitted_chars") or 0) + track.chars}
-        r.hset(keys.migration(aid), mapping={"phase": FELL_BACK, "reason": error or "", "fell_back_ms": now_ms()})
-        info.update(fell_back=True, reason=error, to=source.node)
+        self.r.hset(self.plan_key, mapping={"phase": FELL_BACK, "reason": error or "", "fell_back_ms": now_ms()})
+        self.info.update(fell_back=True, reason=error, to=self.source.node)
         if track.tokens:
-            nodes.append(dest)
-        outcome = _resume_on_source(r, keys, source, body, resumed, run, sink, slots, nodes, True, moved_from=dest)
-        state = _migrated_state(outcome)
-    return Handoff(outcome, nodes, info)
+            self.nodes.append(dest)
+        return self._resume_on_source(resumed, moved_from=dest)
 
-
-def _resume_on_source(r: Any, keys: Keys, source: RunningRun, body: dict[str, Any], state: dict[str, Any], run: RunFn,
-                      sink: TokenSink | None, slots: SlotHooks, nodes: list[str], released: bool,
-                      moved_from: str | None = None) -> RunOutcomeLike:
-    """Resume ``state`` on a slot of the source's node (its own container while it is there)."""
-    if not released:
-        slots.release_source()
-    nodes.append(source.node)
-    with slots.fallback(source) as url:
-        register_run(r, keys, source.model_copy(update={"url": url}), moved_from=moved_from)
-        value = {"resume": state, "stream": True}
-        return run(url, {**body, "value": value}, sink if sink is not None else (lambda _c: None))
+    def _resume_on_source(self, state: dict[str, Any], moved_from: str | None = None) -> RunOutcomeLike:
+        """Resume ``state`` on a slot of the source's node (its own container while it is there)."""
+        self._release_source()
+        self.nodes.append(self.source.node)
+        with self.slots.fallback(self.source) as url:
+            register_run(self.r, self.keys, self.source.model_copy(update={"url": url}), moved_from=moved_from)
+            value = {"resume": state, "stream": True}
+            sink = self.sink if self.sink is not None else (lambda _c: None)
+            return self.run(url, {**self.body, "value": value}, sink)
