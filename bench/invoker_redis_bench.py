@@ -32,9 +32,11 @@ from faas_llm.errors import ActivationStatus
 from faas_llm.keys import Keys
 from faas_llm.popularity import record_invocation
 from faas_llm.redis_server import RedisServer
+from faas_llm.settings import Settings
 from faas_llm.thread_redis import ThreadRedis
 from faas_llm.types import ActivationRecord, Invocation, new_activation_id, now_ms
-from invoker import claims
+from invoker import lifecycle
+from invoker.cluster import ActionDefinitions
 from invoker.records import RunFacts, build_record
 
 RESULT = {"text": " x", "finish_reason": "length", "timings": {"ttft_s": 0.001, "total_s": 0.002},
@@ -50,7 +52,9 @@ class Runs:
         lean = ThreadRedis(r)
         self.lean = lean
         self.new_store = ActivationStore(r, keys, run_script=lean.run_script)
-        self.claims = claims.RunClaims(r, keys, CONSUMER, self.group, 15_000, 900, run_script=lean.run_script)
+        settings = Settings(claim_idle_ms=15_000, prefetch_window_s=900, node_id=NODE)
+        self.runs = lifecycle.RunLifecycle(settings, r, keys, self.new_store, ActionDefinitions(r, keys), CONSUMER,
+                                           run_script=lean.run_script)
 
     def fill(self, n: int) -> None:
         for _ in range(n):
@@ -99,11 +103,10 @@ class Runs:
         [(entry_id, f)] = self.lean.xreadgroup_one_stream(self.group, CONSUMER, self.queue, 1, 500)
         inv = ActivationStore.decode_message(f)
         run = self.fields(inv)
-        if self.claims.claim(inv.activation_id, self.queue, entry_id, run).outcome != claims.RUN:
+        if self.runs.claim(inv.activation_id, self.queue, entry_id, run).outcome != lifecycle.RUN:
             raise SystemExit("the claim did not run")
         migration.RunningRun.model_construct(**run)
-        self.new_store.complete_and_ack(self.record(inv), self.queue, self.group, entry_id,
-                                        self.keys.activation_claim(inv.activation_id), CONSUMER, [NODE])
+        self.runs.finish(self.record(inv), self.queue, entry_id, [NODE])
 
 
 def main(argv: list[str] | None = None) -> None:

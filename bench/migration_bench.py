@@ -56,7 +56,7 @@ def publish_destination(r: Any, keys: Keys, url: str) -> None:
 
 def grant_leases(r: Any, keys: Keys, stop: threading.Event) -> None:
     """B's invoker's side of the slot lease the coordinator takes before the hand-off (its container is idle
-    here, so every request is granted at once; the real one is invoker.leases.SlotLeases)."""
+    here, so every request is granted at once; the real one is invoker.slot_grants.SlotGrants)."""
     last = "$"
     while not stop.is_set():
         for _stream, entries in r.xread({keys.node_starts("B"): last}, block=200) or []:

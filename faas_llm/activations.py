@@ -1,17 +1,32 @@
-"""The activation store: the contract between the gateway (producer) and the invokers (consumers).
+"""The activation store and the activation's lifecycle: the contract between the gateway (producer)
+and the invokers (consumers).
 
-Life of an activation, all in Redis (keys from :mod:`faas_llm.keys`):
+An activation is in one of four states (:class:`ActivationState`); :meth:`ActivationStore.where` says
+which, and where it runs. Each transition is one atomic write (a script or a MULTI), done in one
+place::
 
-1. :meth:`ActivationStore.submit` (gateway) writes, in one transaction, the pending
-   invocation (``act:{id}:pending``) and a message on the action's stream
-   (``q:{ns}:{action}``, field ``invocation`` = :class:`~faas_llm.types.Invocation` JSON),
-   and registers the stream in ``queues``. The activation id is the idempotency key.
-2. Invokers read the stream with a consumer group (at-least-once; see ``invoker/``).
-   Streamed tokens are appended to ``act:{id}:tokens`` with :meth:`append_tokens`.
-3. :meth:`ActivationStore.complete` stores the record exactly once (``SET NX``): a
-   redelivered invocation that completes again is ignored (returns ``False``). It wakes
-   blocking waiters (``act:{id}:done``) and indexes the record for listing.
+              queue                claim                   finish
+    UNKNOWN ─────────> QUEUED ─────────────> RUNNING ──────────────> DONE
+                         ^  │                  │
+                         │  └────── fail ──────┼───────────────────> DONE
+                         └───── release ───────┘
 
+- **queue** (gateway): the admission script (:data:`faas_llm.limits.ADMIT_SCRIPT`,
+  :meth:`faas_llm.limits.Limiter.admit`) checks the caller's key, the action and the namespace's
+  limits and writes :meth:`ActivationStore.queue_write`'s keys in the same round trip: the pending copy
+  (``act:{id}:pending``), the entry on the action's stream (``q:{ns}:{action}``, field ``invocation`` =
+  :class:`~faas_llm.types.Invocation` JSON) and the stream's registration in ``queues``.
+  :meth:`ActivationStore.submit` writes the same keys without the limits (tests, benches). The
+  activation id is the idempotency key.
+- **claim**, **finish**, **fail**, **release** (invoker): :class:`invoker.lifecycle.RunLifecycle`. A
+  claim is the run claim ``act:{id}:claim`` (the consumer's name, a lease the consumer renews) and the
+  running-run registry ``act:{id}:running``; finish and fail store the record exactly once (``SET NX``:
+  a redelivered invocation that completes again is ignored) and ack the stream entry in the same script
+  (:data:`COMPLETE_AND_ACK_SCRIPT`), waking blocking waiters (``act:{id}:done``); release is a run
+  given up (the invoker stops) or a consumer that died: its lease lapses and the invokers' cleanup puts
+  the entry back on the queue.
+
+Streamed tokens are appended to ``act:{id}:tokens`` (:meth:`ActivationStore.append_tokens`).
 ``get`` is ``None`` until the record is stored (the API's 404), as in OpenWhisk.
 """
 
@@ -21,6 +36,7 @@ import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import redis
@@ -101,6 +117,39 @@ class TokenChunk:
         return bool(self.data.get(TOKENS_DONE))
 
 
+class ActivationState(StrEnum):
+    """Where an activation is in its lifecycle (the module docstring draws the transitions)."""
+
+    #: no trace: never accepted, or past its retention
+    UNKNOWN = "unknown"
+    #: accepted, waiting for a consumer (also: its consumer died and the entry waits to be put back)
+    QUEUED = "queued"
+    #: a live consumer holds its run claim
+    RUNNING = "running"
+    #: its record is stored (a success or an error): final
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class Whereabouts:
+    """:meth:`ActivationStore.where`'s answer: the state, and for a running activation who runs it, where."""
+
+    state: ActivationState
+    #: the consumer holding the run claim (``RUNNING``)
+    consumer: str | None = None
+    #: the node running it now, after a live migration the destination (``RUNNING``, once registered)
+    node: str | None = None
+
+
+def state_of(record: bool, claim_owner: str | None, pending: bool) -> ActivationState:
+    """The state the keys mean (pure): the record decides, then a live claim, then the pending copy."""
+    if record:
+        return ActivationState.DONE
+    if claim_owner:
+        return ActivationState.RUNNING
+    return ActivationState.QUEUED if pending else ActivationState.UNKNOWN
+
+
 class ActivationStore:
     """Activation records, pending invocations and token streams in Redis."""
 
@@ -149,6 +198,27 @@ class ActivationStore:
     def pending(self, activation_id: str) -> Invocation | None:
         raw = self.r.get(self.keys.activation_pending(activation_id))
         return Invocation.model_validate_json(raw) if raw else None
+
+    def where(self, activation_id: str) -> Whereabouts:
+        """Where the activation is now (:class:`ActivationState`): one read of its keys, in one round trip."""
+        k = self.keys
+        pipe = self.r.pipeline(transaction=True)  # one snapshot: a transition between two reads cannot mislead
+        pipe.exists(k.activation(activation_id))
+        pipe.get(k.activation_claim(activation_id))
+        pipe.exists(k.activation_pending(activation_id))
+        pipe.get(k.activation_running(activation_id))
+        record, owner, pending, running = pipe.execute()
+        owner = owner.decode() if isinstance(owner, bytes) else owner
+        state = state_of(bool(record), owner, bool(pending))
+        if state is not ActivationState.RUNNING:
+            return Whereabouts(state)
+        node = None
+        if running:
+            try:
+                node = str(json.loads(running)["node"])
+            except (ValueError, KeyError, TypeError):
+                node = None
+        return Whereabouts(state, owner, node)
 
     # --- completing -----------------------------------------------------------------
     def complete(self, record: ActivationRecord) -> bool:

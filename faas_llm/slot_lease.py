@@ -8,10 +8,11 @@ Protocol (all in Redis, no pickle):
 
 1. the holder creates ``keys.slot_lease(id)`` (TTL ``ttl_ms``, renewed while the run lasts) and
    puts a ``lease`` entry on the container's node's start-request stream (``keys.node_starts``);
-2. that node's invoker (:class:`invoker.leases.SlotLeases`) takes one run slot of the container,
+2. that node's invoker (:class:`invoker.slot_grants.SlotGrants`) takes one run slot of the container,
    waiting while it is full, and answers ``ok`` on ``keys.slot_grant(id)`` (or ``refused: ...``);
 3. :func:`release` deletes the key and puts a ``release`` entry on the stream: the slot frees at
-   once. A holder that dies stops renewing; the node frees the slot once the key expires.
+   once. The holder renews the key with its other leases (the invoker's :class:`invoker.heartbeat.Heartbeat`);
+   a holder that dies stops renewing, and the node frees the slot once the key expires.
 """
 
 from __future__ import annotations
@@ -65,15 +66,6 @@ def request_slot(r: Any, keys: Keys, node: str, url: str, *, ttl_ms: int, wait_s
         return lease
     release(r, keys, lease)
     raise NoCapacityError(answer or f"no run slot of {url} on {node} freed within {wait_s:.0f} s")
-
-
-def renew(r: Any, keys: Keys, lease_ids: list[str], ttl_ms: int) -> None:
-    if not lease_ids:
-        return
-    pipe = r.pipeline(transaction=False)
-    for lease_id in lease_ids:
-        pipe.pexpire(keys.slot_lease(lease_id), ttl_ms)
-    pipe.execute(raise_on_error=False)
 
 
 def release(r: Any, keys: Keys, lease: SlotLease | None) -> None:

@@ -1,1 +1,3 @@
-"""The invoker: container pool, locality-aware placement and dispatch (one per node)."""
+"""The invoker (one per node): pulls its actions' invocations from the Redis queues, runs them on a pool of
+action-runtime containers it starts, places cold starts by locality, and stores each activation's record.
+It may touch Redis (queues, records, node reports, leases), its containers' runtimes and the Celery broker."""

@@ -75,8 +75,10 @@ def read_inventories(r: Any, keys: Keys, nodes: list[str]) -> dict[str, CacheInv
     return out
 
 
-class ActionCache:
-    """Action definitions read from Redis, cached for ``ttl_s``."""
+class ActionDefinitions:
+    """Action definitions read through from Redis, each kept ``ttl_s`` (1 s): a changed or deleted action
+    reaches this invoker within ``ttl_s``, with no invalidation (unlike the gateway's cache, which the
+    admission script checks against the stored definition on every invoke)."""
 
     def __init__(self, r: Any, keys: Keys, ttl_s: float = 1.0) -> None:
         self.r, self.keys, self.ttl_s = r, keys, ttl_s

@@ -3,15 +3,14 @@
 * the source's slot is released as soon as the source stopped (``release_source``: the invoker's
   callback frees the container and gives it a new worker), so a waiting request can use it;
 * the destination's resume holds the slot lease the coordinator took on the destination container
-  (:mod:`faas_llm.slot_lease`), renewed with the invoker's heartbeat (``renewing``) and released
-  when the resume ends;
+  (:mod:`faas_llm.slot_lease`), renewed with the invoker's other leases (:class:`invoker.heartbeat.Heartbeat`)
+  and released when the resume ends;
 * a fallback after the destination failed leases a slot on the source's node: the source's own
   container while it is there, else a container of the action that node's invoker starts.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,35 +20,15 @@ from faas_llm.errors import NoCapacityError
 from faas_llm.keys import Keys
 from faas_llm.settings import Settings
 from faas_llm.types import now_ms
-
-
-class LeaseSet:
-    """The slot leases an invoker holds for its runs; renewed every heartbeat (:meth:`renew`)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ids: set[str] = set()
-
-    def add(self, lease_id: str) -> None:
-        with self._lock:
-            self._ids.add(lease_id)
-
-    def discard(self, lease_id: str) -> None:
-        with self._lock:
-            self._ids.discard(lease_id)
-
-    def renew(self, r: Any, keys: Keys, ttl_ms: int) -> None:
-        with self._lock:
-            ids = sorted(self._ids)
-        slot_lease.renew(r, keys, ids, ttl_ms)
+from invoker.heartbeat import Heartbeat
 
 
 class LeasedSlots:
     """:class:`invoker.handoff.SlotHooks` for one run of an invoker."""
 
-    def __init__(self, settings: Settings, r: Any, keys: Keys, leases: LeaseSet, release_source: Callable[[], None],
-                 deadline_ms: int) -> None:
-        self.settings, self.r, self.keys, self.leases = settings, r, keys, leases
+    def __init__(self, settings: Settings, r: Any, keys: Keys, heartbeat: Heartbeat,
+                 release_source: Callable[[], None], deadline_ms: int) -> None:
+        self.settings, self.r, self.keys, self.heartbeat = settings, r, keys, heartbeat
         self._release_source = release_source
         self.deadline_ms = deadline_ms
 
@@ -59,12 +38,12 @@ class LeasedSlots:
     @contextmanager
     def hold(self, lease: slot_lease.SlotLease | None) -> Iterator[None]:
         if lease is not None:
-            self.leases.add(lease.id)
+            self.heartbeat.hold_slot(lease.id)
         try:
             yield
         finally:
             if lease is not None:
-                self.leases.discard(lease.id)
+                self.heartbeat.drop_slot(lease.id)
                 slot_lease.release(self.r, self.keys, lease)
 
     @contextmanager

@@ -40,7 +40,7 @@ from faas_llm.placement import NodeView, PlacementPolicy, PlacementRequest, view
 from faas_llm.settings import Settings
 from faas_llm.types import Action, ContainerState, Limits, NodeReport, now_ms
 from invoker import streams
-from invoker.cluster import ActionCache, ModelSizes, read_inventories, read_reports
+from invoker.cluster import ActionDefinitions, ModelSizes, read_inventories, read_reports
 from invoker.migrate_place import MigrationPlacer
 from invoker.run_times import busy_elapsed, read_distribution, with_registered_runs
 
@@ -116,7 +116,7 @@ def instances_of(reports: list[NodeReport], namespace: str, action: str) -> tupl
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, r: Any, keys: Keys, actions: ActionCache, policy: PlacementPolicy,
+    def __init__(self, settings: Settings, r: Any, keys: Keys, actions: ActionDefinitions, policy: PlacementPolicy,
                  consumer: str, expected_run_s: Callable[[str, str], float],
                  fail_backlog: Callable[[str, str, ActivationStatus, str, int], int],
                  expire_backlog: Callable[[str, str, Limits | None], int] | None = None,

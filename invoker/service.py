@@ -1,11 +1,13 @@
-"""The invoker of one node: wires the pool, dispatch, reclaimer, scheduler, heartbeat and metrics.
+"""The invoker of one node: wires the pool, dispatch, lifecycle, heartbeat, scheduler and metrics.
 
 Threads: the pool's executor (starting / initialising / removing runtimes), one worker per
 run slot of each warm container (:mod:`invoker.dispatch`), the start-request listener (start
 requests the placement sent to this node) and the maintenance loop, every
-``settings.heartbeat_interval_s``: renew run leases, publish the node report, remove idle
+``settings.heartbeat_interval_s``: renew every lease this invoker holds (:mod:`invoker.heartbeat`),
+free the slots of lapsed leases held here (:mod:`invoker.slot_grants`), publish the node report, remove idle
 containers past their keep-alive (keeping ``min_instances`` cluster-wide; none of a deleted
-action), top up prewarmed runtimes, reclaim invocations of dead consumers, schedule backlogged
+action), top up prewarmed runtimes, reclaim invocations of dead consumers
+(:meth:`invoker.lifecycle.RunLifecycle.cleanup`), schedule backlogged
 actions (and the minimum instances of actions with ``min_instances > 0``), update metrics. A
 container that becomes ready with no invocation waiting (a ``min_instances`` start) records its
 first run as a warm start.
@@ -31,18 +33,20 @@ from faas_llm.placement import make_policy
 from faas_llm.settings import Settings
 from faas_llm.thread_redis import ThreadRedis
 from faas_llm.types import Action, ContainerState, NodeReport, Scaling, now_ms
-from invoker import reclaim, streams
-from invoker.cluster import ActionCache, publish_report, read_reports, withdraw_report
+from invoker import streams
+from invoker.cluster import ActionDefinitions, publish_report, read_reports, withdraw_report
 from invoker.coldwatch import ColdWatch
 from invoker.container import Container
 from invoker.dispatch import Dispatcher
 from invoker.factories import make_factory
 from invoker.factory import ContainerFactory
-from invoker.leases import SlotLeases
+from invoker.heartbeat import Heartbeat
+from invoker.lifecycle import RunLifecycle
 from invoker.metrics import InvokerMetrics
 from invoker.pool import ContainerPool
 from invoker.run_times import RecordingStore, RunTimeBuffer
 from invoker.scheduler import Scheduler, instances_of
+from invoker.slot_grants import SlotGrants
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +64,19 @@ class Invoker:
                                                      self.run_times, run_script=self.lean.run_script)
         self.consumer = f"{settings.node_id}:{os.getpid()}:{secrets.token_hex(3)}"
         self.metrics = InvokerMetrics(settings.node_id)
-        self.actions = ActionCache(self.r, self.keys)
+        self.actions = ActionDefinitions(self.r, self.keys)
         self.factory = factory or make_factory(settings)
         self.pool = ContainerPool(settings, self.factory, self.metrics, self._on_ready, self._on_init_failed)
+        self.lifecycle = RunLifecycle(settings, self.r, self.keys, self.store, self.actions, self.consumer,
+                                      run_script=self.lean.run_script)
+        self.heartbeat = Heartbeat(settings, self.r, self.keys, self.consumer)
         self.dispatcher = Dispatcher(settings, self.r, self.keys, self.store, self.pool, self.actions, self.metrics,
-                                     self.consumer, lean=self.lean)
+                                     self.lifecycle, self.heartbeat, lean=self.lean)
         self.scheduler = Scheduler(settings, self.r, self.keys, self.actions, make_policy(settings.placement_policy),
-                                   self.consumer, self.dispatcher.expected_run_s, self.dispatcher.fail_backlog,
-                                   self.dispatcher.expire_backlog, lambda: self.pool.boot_s, self._send_migrate)
+                                   self.consumer, self.dispatcher.expected_run_s, self.lifecycle.fail_backlog,
+                                   self.lifecycle.expire_backlog, lambda: self.pool.boot_s, self._send_migrate)
         self.stopping = threading.Event()
-        self.leases = SlotLeases(self.r, self.keys, self.pool, self.stopping)  # slots held by migrated runs
+        self.grants = SlotGrants(self.r, self.keys, self.pool, self.stopping)  # our slots held by migrated runs
         self.draining = False
         self._threads: list[threading.Thread] = []
         self._starts_after = "0-0"
@@ -143,7 +150,7 @@ class Invoker:
         queue = self.keys.action_queue(action.namespace, action.name)
         waiting = streams.backlog(self.r, queue, self.keys.consumer_group())
         if waiting:
-            failed = self.dispatcher.fail_backlog(action.namespace, action.name, ActivationStatus.DEVELOPER_ERROR,
+            failed = self.lifecycle.fail_backlog(action.namespace, action.name, ActivationStatus.DEVELOPER_ERROR,
                                                   error.message, waiting)
             log.warning("init of %s/%s failed; failed %d waiting invocations", action.namespace, action.name, failed)
         self.publish()
@@ -175,7 +182,7 @@ class Invoker:
                     self._handle_start(fields)
 
     def _handle_start(self, fields: dict[str, str]) -> None:
-        if self.leases.handle(fields):  # a run slot leased to (or given back by) a migrated run
+        if self.grants.handle(fields):  # a run slot leased to (or given back by) a migrated run
             return
         try:
             ns, name, rid = starts.parse_start(fields)
@@ -201,8 +208,8 @@ class Invoker:
                 log.exception("maintenance pass failed")
 
     def maintain_once(self) -> None:
-        self.dispatcher.renew_leases()
-        self.leases.sweep()
+        self.heartbeat.beat()
+        self.grants.sweep()
         self.run_times.flush(self.r)
         self.publish()
         reports = read_reports(self.r, self.keys)
@@ -220,7 +227,7 @@ class Invoker:
                         self.pool.remove(c.id, graceful=True)
         if not self.draining:
             self.pool.ensure_prewarm()
-        reclaim.sweep(self.settings, self.r, self.keys, self.store, self.actions, self.metrics, self.consumer)
+        self.lifecycle.cleanup(self.metrics)
         self.scheduler.tick()
         self._gauges()
 

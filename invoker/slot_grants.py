@@ -1,9 +1,9 @@
-"""The node's side of run-slot leases (:mod:`faas_llm.slot_lease`).
+"""The node's side of run-slot leases (:mod:`faas_llm.slot_lease`): granting slots of this node's containers.
 
 A ``lease`` entry on the node's start-request stream asks for one run slot of a container (by
 URL); a thread takes it (waiting while the container is full, as long as the lease key lives)
 and answers on the grant list. The slot is given back on a ``release`` entry, or by
-:meth:`SlotLeases.sweep` (every heartbeat) once the holder stopped renewing the key.
+:meth:`SlotGrants.sweep` (every heartbeat) once the holder stopped renewing the key.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 GRANT_TTL_S = 60
 
 
-class SlotLeases:
+class SlotGrants:
+    """Run slots of this node's containers granted to leases held elsewhere (by lease id)."""
+
     def __init__(self, r: Any, keys: Keys, pool: ContainerPool, stopping: threading.Event) -> None:
         self.r, self.keys, self.pool, self.stopping = r, keys, pool, stopping
         self._lock = threading.Lock()

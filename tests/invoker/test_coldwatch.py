@@ -15,7 +15,7 @@ from faas_llm.placement import make_policy
 from faas_llm.settings import Settings
 from faas_llm.types import Action, Exec, Invocation, NodeReport, Scaling, new_activation_id, now_ms
 from invoker import streams
-from invoker.cluster import ActionCache, publish_report
+from invoker.cluster import ActionDefinitions, publish_report
 from invoker.coldwatch import ColdWatch
 from invoker.scheduler import Scheduler
 
@@ -40,7 +40,7 @@ def _scheduler(settings: Settings, r: Any, keys: Keys, consumer: str) -> Schedul
     def fail(ns: str, name: str, status: ActivationStatus, message: str, limit: int) -> int:
         raise AssertionError("unexpected")
 
-    return Scheduler(settings, r, keys, ActionCache(r, keys, ttl_s=0), make_policy("locality"), consumer,
+    return Scheduler(settings, r, keys, ActionDefinitions(r, keys, ttl_s=0), make_policy("locality"), consumer,
                      lambda ns, a: 1.0, fail)
 
 

@@ -1,23 +1,30 @@
-"""The claim + registration script (invoker.claims) against a real Redis: the same writes as the separate
-calls it replaces (record check, SET NX claim, migration.register_run, popularity.record_invocation)."""
+"""An activation's lifecycle against a real Redis: the claim + registration script (the same writes as the
+separate calls it replaces: record check, SET NX claim, migration.register_run, popularity.record_invocation),
+every transition of invoker.lifecycle, and ActivationStore.where's answer after each."""
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
 import redis
 
 from faas_llm import migration
-from faas_llm.activations import ActivationStore
+from faas_llm.activations import ActivationState, ActivationStore, Whereabouts, state_of
 from faas_llm.errors import ActivationStatus
 from faas_llm.keys import Keys
 from faas_llm.popularity import recent_counts, record_invocation
+from faas_llm.settings import Settings
 from faas_llm.thread_redis import ThreadRedis
 from faas_llm.types import Invocation, new_activation_id, now_ms
-from invoker import claims, streams
+from invoker import lifecycle as claims
+from invoker import streams
+from invoker.cluster import ActionDefinitions
+from invoker.lifecycle import RunLifecycle
 from invoker.records import failure_record
+from tests.harness import wait_for
 
 GROUP_CONSUMER = "node-a:1:abc"
 
@@ -44,15 +51,18 @@ def _fields(inv: Invocation) -> dict[str, Any]:
             "deadline_ms": inv.deadline_ms, "started_ms": now_ms(), "max_tokens": 7}
 
 
-def _claims(r: Any, keys: Keys, consumer: str = GROUP_CONSUMER) -> claims.RunClaims:
+def _claims(r: Any, keys: Keys, consumer: str = GROUP_CONSUMER, *, through_client: bool = False) -> RunLifecycle:
     # the invoker sends it on its own connection (faas_llm.thread_redis); the client's Script gives the same
-    return claims.RunClaims(r, keys, consumer, keys.consumer_group(), 15_000, 900, run_script=ThreadRedis(r).run_script)
+    settings = Settings(claim_idle_ms=15_000, prefetch_window_s=900)
+    store = ActivationStore(r, keys)
+    return RunLifecycle(settings, r, keys, store, ActionDefinitions(r, keys), consumer,
+                        run_script=None if through_client else ThreadRedis(r).run_script)
 
 
 def test_the_script_replies_alike_through_the_client(r: Any, keys: Keys) -> None:
     store = ActivationStore(r, keys)
     inv, queue, entry_id = _queued(r, keys, store)
-    plain = claims.RunClaims(r, keys, "other", keys.consumer_group(), 15_000, 900)
+    plain = _claims(r, keys, "other", through_client=True)
     assert _claims(r, keys).claim(inv.activation_id, queue, entry_id, _fields(inv)).outcome == claims.RUN
     assert plain.claim(inv.activation_id, queue, entry_id, _fields(inv)) == claims.Claim(claims.HELD, GROUP_CONSUMER)
 
@@ -105,7 +115,7 @@ def test_a_claim_held_by_another_consumer_leaves_everything_as_it_was(r: Any, ke
     assert taken == claims.Claim(claims.HELD, "someone-else")
     assert r.get(keys.activation_claim(inv.activation_id)) == "someone-else"
     assert r.get(keys.activation_running(inv.activation_id)) is None and recent_counts(r, keys, 900) == {}
-    assert r.xpending(queue, keys.consumer_group())["pending"] == 1  # left for the reclaimer
+    assert r.xpending(queue, keys.consumer_group())["pending"] == 1  # left for cleanup
 
 
 def test_our_own_claim_runs_again_and_a_late_run_is_claimed_but_not_registered(r: Any, keys: Keys) -> None:
@@ -143,3 +153,87 @@ def test_complete_and_ack_unregisters_the_run_from_every_node_it_ran_on(r: Any, 
     assert store.complete_and_ack(record, queue, keys.consumer_group(), _e, keys.activation_claim(other.activation_id),
                                   GROUP_CONSUMER)
     assert migration.running_on(r, keys, "node-a") == [other.activation_id]
+
+
+# --- the lifecycle: one answer to "where is this activation now" -------------------------------------
+
+def test_the_state_the_keys_mean() -> None:
+    assert state_of(record=True, claim_owner="c", pending=True) is ActivationState.DONE  # the record decides
+    assert state_of(record=False, claim_owner="c", pending=True) is ActivationState.RUNNING
+    assert state_of(record=False, claim_owner=None, pending=True) is ActivationState.QUEUED
+    assert state_of(record=False, claim_owner=None, pending=False) is ActivationState.UNKNOWN
+
+
+def test_where_follows_an_activation_from_queued_to_running_to_done(r: Any, keys: Keys) -> None:
+    store = ActivationStore(r, keys)
+    assert store.where(new_activation_id()) == Whereabouts(ActivationState.UNKNOWN)
+    inv, queue, entry_id = _queued(r, keys, store)
+    assert store.where(inv.activation_id) == Whereabouts(ActivationState.QUEUED)  # delivered, not claimed yet
+    runs = _claims(r, keys)
+    assert runs.claim(inv.activation_id, queue, entry_id, _fields(inv)).outcome == claims.RUN
+    assert store.where(inv.activation_id) == Whereabouts(ActivationState.RUNNING, GROUP_CONSUMER, "node-a")
+    record = failure_record(inv, ActivationStatus.SUCCESS, "x", "node-a", now_ms())
+    assert runs.finish(record, queue, entry_id, ["node-a"])
+    assert store.where(inv.activation_id) == Whereabouts(ActivationState.DONE)
+    # nothing of the earlier states is left
+    aid = inv.activation_id
+    assert [r.exists(k) for k in (keys.activation_claim(aid), keys.activation_running(aid),
+                                  keys.activation_pending(aid))] == [0, 0, 0]
+    assert r.xlen(queue) == 0 and migration.running_on(r, keys, "node-a") == []
+    assert not runs.finish(record, queue, entry_id, ["node-a"])  # DONE is final: a second record is dropped
+
+
+def test_a_released_run_is_queued_again_and_cleanup_puts_it_back_for_the_next_attempt(r: Any, keys: Keys) -> None:
+    store = ActivationStore(r, keys)
+    inv, queue, entry_id = _queued(r, keys, store)
+    runs = _claims(r, keys)
+    runs.claim(inv.activation_id, queue, entry_id, _fields(inv))
+    runs.release(inv.activation_id, ["node-a"])
+    assert store.where(inv.activation_id) == Whereabouts(ActivationState.QUEUED)
+    assert migration.running_on(r, keys, "node-a") == []
+    assert r.xpending(queue, keys.consumer_group())["pending"] == 1  # still this consumer's, until cleanup
+    live = RunLifecycle(Settings(claim_idle_ms=100), r, keys, store, ActionDefinitions(r, keys), "another")
+    time.sleep(0.15)
+    assert live.cleanup()["requeued"] == 1
+    (entry,) = r.xrange(queue)
+    assert streams.attempt_of(entry[1]) == 2 and store.where(inv.activation_id).state is ActivationState.QUEUED
+
+
+def test_release_leaves_a_claim_another_consumer_took_meanwhile(r: Any, keys: Keys) -> None:
+    store = ActivationStore(r, keys)
+    inv, _queue, _entry_id = _queued(r, keys, store)
+    r.set(keys.activation_claim(inv.activation_id), "someone-else", px=15_000)
+    _claims(r, keys).release(inv.activation_id, [])
+    assert store.where(inv.activation_id) == Whereabouts(ActivationState.RUNNING, "someone-else")
+
+
+def test_a_dead_consumers_run_is_queued_once_its_lease_lapses(r: Any, keys: Keys) -> None:
+    store = ActivationStore(r, keys)
+    inv, queue, entry_id = _queued(r, keys, store)
+    dead = RunLifecycle(Settings(claim_idle_ms=100), r, keys, store, ActionDefinitions(r, keys), "dead")
+    dead.claim(inv.activation_id, queue, entry_id, _fields(inv))
+    assert store.where(inv.activation_id).state is ActivationState.RUNNING
+    wait_for("the dead consumer's claim to lapse",
+             lambda: store.where(inv.activation_id).state is ActivationState.QUEUED, timeout_s=5)
+
+
+def test_fail_takes_a_queued_activation_to_done_with_its_entry_acked(r: Any, keys: Keys) -> None:
+    store = ActivationStore(r, keys)
+    inv, queue, entry_id = _queued(r, keys, store)
+    runs = _claims(r, keys)
+    assert runs.fail(runs.timeout_record(inv, None), queue, entry_id)
+    assert store.where(inv.activation_id) == Whereabouts(ActivationState.DONE)
+    record = store.get(inv.activation_id)
+    assert record is not None and record.response.statusCode == int(ActivationStatus.DEVELOPER_ERROR)
+    assert r.xlen(queue) == 0 and r.xpending(queue, keys.consumer_group())["pending"] == 0
+
+
+def test_hand_back_puts_the_entry_at_the_tail_with_the_same_attempt(r: Any, keys: Keys) -> None:
+    store = ActivationStore(r, keys)
+    inv, queue, entry_id = _queued(r, keys, store)
+    (_id, fields), = r.xrange(queue)
+    _claims(r, keys).hand_back(queue, entry_id, fields)
+    (new_id, new_fields), = r.xrange(queue)
+    assert new_id != entry_id and streams.attempt_of(new_fields) == 1
+    assert streams.backlog(r, queue, keys.consumer_group()) == 1
+    assert store.where(inv.activation_id).state is ActivationState.QUEUED

@@ -18,7 +18,7 @@ from faas_llm.settings import Settings
 from faas_llm.starts import START_REQUEST_FIELD
 from faas_llm.types import Action, ContainerInfo, ContainerState, Exec, NodeReport, Scaling
 from invoker import streams
-from invoker.cluster import ActionCache, publish_report
+from invoker.cluster import ActionDefinitions, publish_report
 from invoker.scheduler import Scheduler
 
 
@@ -61,7 +61,7 @@ def _scheduler(settings: Settings, r: Any, keys: Keys) -> Scheduler:
     def fail(ns: str, name: str, status: ActivationStatus, message: str, limit: int) -> int:
         raise AssertionError("nothing is queued")
 
-    return Scheduler(settings, r, keys, ActionCache(r, keys, ttl_s=0), make_policy("locality"), "me",
+    return Scheduler(settings, r, keys, ActionDefinitions(r, keys, ttl_s=0), make_policy("locality"), "me",
                      lambda ns, a: 1.0, fail)
 
 

@@ -29,8 +29,9 @@ from faas_llm.types import (
     new_activation_id,
     now_ms,
 )
-from invoker import reclaim, streams
-from invoker.cluster import ActionCache, publish_report, read_reports
+from invoker import lifecycle, streams
+from invoker.cluster import ActionDefinitions, publish_report, read_reports
+from invoker.lifecycle import RunLifecycle
 from invoker.metrics import InvokerMetrics
 from invoker.records import failure_record
 from invoker.scheduler import Scheduler
@@ -84,20 +85,20 @@ def test_backlog_counts_only_undelivered_entries_and_requeue_raises_the_attempt(
     assert streams.queue_action(keys, "other:thing") is None
 
 
-def test_sweep_requeues_work_of_a_dead_consumer(r: Any, keys: Keys, fast: Settings) -> None:
+def test_cleanup_requeues_work_of_a_dead_consumer(r: Any, keys: Keys, fast: Settings) -> None:
     store = ActivationStore(r, keys)
     inv = _submit(store)
     _read(r, keys, "dead-consumer")
-    args = (fast, r, keys, store, ActionCache(r, keys), InvokerMetrics("n"), "me")
-    assert reclaim.sweep(*args)["requeued"] == 0  # not idle long enough yet
+    me = RunLifecycle(fast, r, keys, store, ActionDefinitions(r, keys), "me")
+    assert me.cleanup(InvokerMetrics("n"))["requeued"] == 0  # not idle long enough yet
     time.sleep(0.15)
-    assert reclaim.sweep(*args)["requeued"] == 1
+    assert me.cleanup(InvokerMetrics("n"))["requeued"] == 1
     (_eid, fields), = _read(r, keys, "alive")
     assert streams.attempt_of(fields) == 2 and ActivationStore.decode_message(fields) == inv
     assert store.get(inv.activation_id) is None  # not lost, not failed: waiting to run again
 
 
-def test_sweep_settles_finished_held_expired_and_exhausted_entries(r: Any, keys: Keys, fast: Settings) -> None:
+def test_cleanup_settles_finished_held_expired_and_exhausted_entries(r: Any, keys: Keys, fast: Settings) -> None:
     store = ActivationStore(r, keys)
     finished, held, fresh, exhausted = (_submit(store) for _ in range(4))
     late = _submit(store, deadline_in_ms=50)
@@ -105,12 +106,12 @@ def test_sweep_settles_finished_held_expired_and_exhausted_entries(r: Any, keys:
     entries = _read(r, keys, "dead")
     # the last attempt of `exhausted` was its third
     eid, fields = entries[3]
-    streams.requeue(r, queue, group, eid, fields, reclaim.MAX_ATTEMPTS)
+    streams.requeue(r, queue, group, eid, fields, lifecycle.MAX_ATTEMPTS)
     _read(r, keys, "dead")
     store.complete(failure_record(finished, ActivationStatus.SUCCESS, "x", "n", now_ms()))
     r.set(keys.activation_claim(held.activation_id), "someone-alive", px=60_000)
     time.sleep(0.15)
-    counts = reclaim.sweep(fast, r, keys, store, ActionCache(r, keys), InvokerMetrics("n"), "me")
+    counts = RunLifecycle(fast, r, keys, store, ActionDefinitions(r, keys), "me").cleanup(InvokerMetrics("n"))
     assert counts == {"done": 1, "held": 1, "timeout": 1, "failed": 1, "requeued": 1, "dropped": 0}
     assert store.get(late.activation_id).response.result["error"].startswith("The action exceeded")  # type: ignore[union-attr]
     lost = store.get(exhausted.activation_id)
@@ -139,7 +140,7 @@ def _scheduler(settings: Settings, r: Any, keys: Keys, policy: str = "locality")
     def fail(ns: str, name: str, status: ActivationStatus, message: str, limit: int) -> int:
         raise AssertionError("unexpected")
 
-    return Scheduler(settings, r, keys, ActionCache(r, keys, ttl_s=0), make_policy(policy), "me",
+    return Scheduler(settings, r, keys, ActionDefinitions(r, keys, ttl_s=0), make_policy(policy), "me",
                      lambda ns, a: 1.0, fail)
 
 
@@ -186,7 +187,7 @@ def test_a_pass_waits_for_its_own_start_instead_of_one_load_per_queued_request(
     with open(tmp_path / "big" / "model.safetensors", "wb") as f:
         f.truncate(16 * GB)  # sparse: the invoker sizes a checkpoint by its files in a file:// registry
     registry = settings.model_copy(update={"registry": f"file://{tmp_path}"})
-    sched = Scheduler(registry, r, keys, ActionCache(r, keys, ttl_s=0), make_policy("locality"), "me",
+    sched = Scheduler(registry, r, keys, ActionDefinitions(r, keys, ttl_s=0), make_policy("locality"), "me",
                       lambda ns, a: 0.1, _no_failures)
     assert sched.tick() == {"guest/chat": 1}
     assert [s["action"] for s in _starts(r, keys, "node-b")] == ["chat"] and not _starts(r, keys, "node-a")
@@ -223,27 +224,25 @@ def test_scheduler_fails_invocations_of_a_missing_action(r: Any, keys: Keys, set
         failed.append((ns, name, limit))
         return limit
 
-    sched = Scheduler(settings, r, keys, ActionCache(r, keys), make_policy("locality"), "me", lambda ns, a: 1.0, fail)
+    sched = Scheduler(settings, r, keys, ActionDefinitions(r, keys), make_policy("locality"), "me",
+                      lambda ns, a: 1.0, fail)
     assert sched.tick() == {}
     assert failed == [("guest", "gone", 1)] and inv.activation_id
 
 
 def test_invocations_queued_past_their_deadline_get_a_timeout_record(r: Any, keys: Keys, settings: Settings) -> None:
-    from invoker.dispatch import Dispatcher
-
     store = ActivationStore(r, keys)
     late = [_submit(store, deadline_in_ms=-1) for _ in range(2)]
     fresh = _submit(store)
-    dispatcher = Dispatcher(settings, r, keys, store, None, ActionCache(r, keys), InvokerMetrics("n"),  # type: ignore[arg-type]
-                            "me")
-    assert dispatcher.expire_backlog("guest", "chat") == 2
+    runs = RunLifecycle(settings, r, keys, store, ActionDefinitions(r, keys), "me")
+    assert runs.expire_backlog("guest", "chat") == 2
     for inv in late:
         record = store.get(inv.activation_id)
         assert record is not None and record.response.statusCode == int(ActivationStatus.DEVELOPER_ERROR)
         assert {a.key: a.value for a in record.annotations}["timeout"] is True
     assert store.get(fresh.activation_id) is None
     assert streams.backlog(r, keys.action_queue("guest", "chat"), keys.consumer_group()) == 1
-    assert dispatcher.expire_backlog("guest", "chat") == 0
+    assert runs.expire_backlog("guest", "chat") == 0
 
 
 def test_metrics_are_served_for_prometheus() -> None:

@@ -20,7 +20,7 @@ from faas_llm.keys import Keys
 from faas_llm.placement import NodeView, PlacementRequest, make_policy, views_from_reports
 from faas_llm.settings import Settings
 from faas_llm.types import ContainerInfo, ContainerState, Invocation, LoadTier, NodeReport, new_activation_id, now_ms
-from invoker.cluster import ActionCache, publish_report, read_reports
+from invoker.cluster import ActionDefinitions, publish_report, read_reports
 from invoker.records import RunFacts, build_record, failure_record
 from invoker.run_times import (
     SAMPLES,
@@ -118,7 +118,7 @@ def test_the_schedulers_view_carries_the_tail_aware_estimate(redis_client: redis
     def fail(ns: str, name: str, status: ActivationStatus, message: str, limit: int) -> int:
         raise AssertionError("unexpected")
 
-    scheduler = Scheduler(settings, r, keys, ActionCache(r, keys, ttl_s=0), make_policy("locality"), "me",
+    scheduler = Scheduler(settings, r, keys, ActionDefinitions(r, keys, ttl_s=0), make_policy("locality"), "me",
                           lambda ns, a: 1.0, fail)
     request = PlacementRequest("guest", "chat", "tiny", GB)  # a registry load: 5 s at the default bandwidth
     dist = read_distribution(r, keys, "guest", "chat")
