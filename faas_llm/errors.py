@@ -27,13 +27,16 @@ the activation status an invocation that dies of it gets (OpenWhisk's
     │   └── InitError                 502  /init failed
     └── InternalError                 500  a bug or an unexpected platform failure
 
-``recoverable`` says whether retrying the same request later may succeed.
+``recoverable`` says whether retrying the same request later may succeed. :func:`store_unavailable`
+says which Redis errors mean that Redis cannot serve *for now*.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
 from typing import Any, ClassVar
+
+import redis
 
 
 class ActivationStatus(IntEnum):
@@ -138,6 +141,33 @@ class StoreUnavailableError(FaasLLMError):
     http_status = 503
     recoverable = True
     default_message = "The activation store is unavailable; retry later."
+
+
+#: error replies of a Redis that is there but cannot serve now (redis-py raises a plain ResponseError for
+#: the codes it has no class for, with the code in ``status_code``; READONLY is its ReadOnlyError)
+UNAVAILABLE_REPLIES = frozenset({"LOADING", "READONLY", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"})
+
+
+def store_unavailable(exc: BaseException) -> StoreUnavailableError | None:
+    """The :class:`StoreUnavailableError` a Redis error stands for when Redis cannot serve for now:
+    unreachable, timed out, or answering LOADING (replaying its AOF), READONLY, BUSY (a long script), ...
+    ``None`` for any other error (a bug, a bad command, wrong credentials)."""
+    if isinstance(exc, (redis.AuthenticationError, redis.exceptions.AuthorizationError)):
+        return None  # a configuration error: retrying will not help
+    if isinstance(exc, redis.BusyLoadingError):
+        reason = "is loading its data set"
+    elif isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        reason = "timed out" if isinstance(exc, redis.TimeoutError) else "is unreachable"
+    elif isinstance(exc, redis.ResponseError) and _reply_code(exc) in UNAVAILABLE_REPLIES:
+        reason = f"answered {_reply_code(exc)}"
+    else:
+        return None
+    return StoreUnavailableError(f"The activation store {reason}; retry later.")
+
+
+def _reply_code(exc: redis.ResponseError) -> str:
+    code = getattr(exc, "status_code", None)
+    return str(code) if code else str(exc).split(" ", 1)[0]
 
 
 class CheckpointError(FaasLLMError):

@@ -4,12 +4,12 @@
 - OpenAI (``/v1``): ``{"error": {"message", "type", "code"}}``.
 
 Every 401 carries OpenWhisk's ``WWW-Authenticate`` challenge; every 503 a ``Retry-After``. Services
-raise errors from :mod:`faas_llm.errors`; a Redis that cannot answer for now (unreachable, timed out,
-``LOADING`` its data set, ``READONLY``, ``BUSY`` with a script, ...) is :class:`StoreUnavailableError`
-(503), as OpenWhisk's controller answers when it cannot reach its message bus; werkzeug's own HTTP
-errors (unknown route, wrong method, body too large) and anything unexpected are mapped here too, so no
-route builds an error body. :func:`exception_reply` serves both layers (the Flask app's error handlers
-and the hot-route layer), on the request's :class:`~gateway.calls.Call`.
+raise errors from :mod:`faas_llm.errors`. A Redis that cannot serve for now (unreachable, timed out,
+``LOADING`` its data set, ``READONLY``, ``BUSY`` with a script: :func:`~faas_llm.errors.store_unavailable`)
+is a 503, as OpenWhisk's controller answers when it cannot reach its message bus. Werkzeug's own HTTP
+errors (unknown route, wrong method, body too large) and anything unexpected are mapped here too, so
+no route builds an error body. :func:`exception_reply` serves both layers (the Flask app's error
+handlers and the hot-route layer), on the request's :class:`~gateway.calls.Call`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import logging
 import re
 from typing import Any
 
-import redis
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from faas_llm.errors import (
@@ -29,6 +28,7 @@ from faas_llm.errors import (
     PayloadTooLargeError,
     RequestError,
     StoreUnavailableError,
+    store_unavailable,
 )
 from gateway.calls import Call, Reply, json_bytes
 from gateway.http_auth import confirm_deferred, forget_deferred
@@ -39,9 +39,6 @@ OPENAI_PREFIX = "/v1/"
 CHALLENGE = 'Basic realm="OpenWhisk secure realm"'
 #: seconds a client is told to wait before retrying a 503 (Redis back from a restart or a stall)
 RETRY_AFTER_S = 1
-#: error replies of a Redis that is there but cannot serve now (redis-py raises plain ResponseError for
-#: the codes it has no class for, with the code in ``status_code``)
-UNAVAILABLE_CODES = frozenset({"LOADING", "READONLY", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"})
 
 
 def is_openai_path(path: str) -> bool:
@@ -55,24 +52,6 @@ def openai_code(exc: FaasLLMError) -> str:
 
 def openai_error_body(exc: FaasLLMError) -> dict[str, Any]:
     return {"error": {"message": exc.message, "type": exc.openai_type, "code": openai_code(exc)}}
-
-
-def store_unavailable(exc: BaseException) -> StoreUnavailableError | None:
-    """The 503 a Redis error stands for when Redis cannot serve for now (``None``: any other error)."""
-    if isinstance(exc, (redis.AuthenticationError, redis.exceptions.AuthorizationError)):
-        return None  # a configuration error: retrying will not help
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):  # BusyLoadingError is one (LOADING)
-        reason = "timed out" if isinstance(exc, redis.TimeoutError) else "is unreachable"
-    elif isinstance(exc, redis.ResponseError) and _reply_code(exc) in UNAVAILABLE_CODES:
-        reason = f"answered {_reply_code(exc)}"
-    else:
-        return None
-    return StoreUnavailableError(f"The activation store {reason}; retry later.")
-
-
-def _reply_code(exc: redis.ResponseError) -> str:
-    code = getattr(exc, "status_code", None)
-    return str(code) if code else str(exc).split(" ", 1)[0]
 
 
 def error_reply(exc: FaasLLMError, call: Call, status: int | None = None) -> Reply:

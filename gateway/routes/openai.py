@@ -6,10 +6,10 @@ import json
 import time
 from collections.abc import Iterator
 
-from faas_llm.errors import FaasLLMError
+from faas_llm.errors import FaasLLMError, store_unavailable
 from faas_llm.types import parse
 from gateway.calls import ACTIVATION_HEADER, Call, Reply, json_reply
-from gateway.errors import openai_error_body, store_unavailable
+from gateway.errors import openai_error_body
 from gateway.http_auth import caller
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.services.openai import StreamEvent

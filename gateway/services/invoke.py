@@ -1,15 +1,20 @@
 """Invoking an action: limits, the queued invocation, the blocking wait (no HTTP here).
 
-The gateway never talks to a container: it admits the invocation against the
-namespace's limits, queues it with :meth:`ActivationStore.submit` and, when the caller
-blocks, waits for the record an invoker stores with :meth:`ActivationStore.complete`.
+The gateway never talks to a container. One round trip admits and queues an invocation: the admission
+script of :mod:`faas_llm.limits` (:meth:`Limiter.admit_if_current`) confirms the caller's key and the
+action it was built from, checks the namespace's limits and queues it (the writes of
+:meth:`ActivationStore.queue_write`). When the caller blocks, the gateway waits for the record an
+invoker stores with :meth:`ActivationStore.complete` (:func:`wait_record_json`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
+
+import redis
 
 from faas_llm.activations import BLOCK_SLICE_S, ActivationStore
 from faas_llm.auth import Identity
@@ -21,6 +26,7 @@ from faas_llm.errors import (
     InternalError,
     PayloadTooLargeError,
     RequestError,
+    store_unavailable,
 )
 from faas_llm.limits import Limiter, StaleAction
 from faas_llm.settings import Settings
@@ -47,11 +53,11 @@ class InvokeOutcome:
     #: (non-blocking, or the wait ran out)
     record_json: str | None
 
-    @property
-    def record(self) -> ActivationRecord | None:
-        return ActivationRecord.model_validate_json(self.record_json) if self.record_json else None
 
+log = logging.getLogger(__name__)
 
+#: pause between tries of a blocking wait while Redis cannot serve (it refuses at once when down)
+OUTAGE_PAUSE_S = 0.2
 #: checked admissions retried with the re-read action (each retry means the action changed meanwhile)
 STALE_RETRIES = 5
 
@@ -111,20 +117,21 @@ def wait_record_json(store: ActivationStore, activation_id: str, timeout_s: floa
     two: the ``BLMOVE`` on the done signal and the record's ``GET`` are sent together (a pipeline, not
     a transaction). Redis runs the ``GET`` only once the ``BLMOVE`` returns, and the signal is raised
     in the same script that stores the record, so the ``GET`` sees it. With ``direct``, on the calling
-    thread's own connection."""
+    thread's own connection. A Redis that cannot serve for now (:func:`store_unavailable`: restarting,
+    stalled, loading) does not end the wait: it is tried again after a pause until the deadline, and
+    its error is raised only if it is still away then."""
     done = store.keys.activation_done(activation_id)
     record_key = store.keys.activation(activation_id)
     deadline = time.monotonic() + timeout_s
     raw: Any = None
     while (remaining := deadline - time.monotonic()) > 0:
-        block_s = min(remaining, BLOCK_SLICE_S)
-        if direct is not None:
-            _, raw = direct.pipeline([("BLMOVE", done, done, "LEFT", "RIGHT", block_s), ("GET", record_key)])
-        else:
-            pipe = store.r.pipeline(transaction=False)
-            pipe.blmove(done, done, timeout=block_s, src="LEFT", dest="RIGHT")
-            pipe.get(record_key)
-            _, raw = pipe.execute()
+        try:
+            raw = _wake_and_read(store, done, record_key, min(remaining, BLOCK_SLICE_S), direct)
+        except redis.RedisError as exc:
+            if store_unavailable(exc) is None:
+                raise
+            time.sleep(max(0.0, min(OUTAGE_PAUSE_S, deadline - time.monotonic())))
+            continue
         if raw is not None:
             break
     else:
@@ -132,8 +139,15 @@ def wait_record_json(store: ActivationStore, activation_id: str, timeout_s: floa
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
-def record_http_status(record: ActivationRecord) -> int:
-    return status_code_http(record.response.statusCode)
+def _wake_and_read(store: ActivationStore, done: str, record_key: str, block_s: float,
+                   direct: ThreadRedis | None) -> Any:
+    """One wake-up: ``BLMOVE`` on the done signal (at most ``block_s``), then the record's ``GET``."""
+    if direct is not None:
+        return direct.pipeline([("BLMOVE", done, done, "LEFT", "RIGHT", block_s), ("GET", record_key)])[1]
+    pipe = store.r.pipeline(transaction=False)
+    pipe.blmove(done, done, timeout=block_s, src="LEFT", dest="RIGHT")
+    pipe.get(record_key)
+    return pipe.execute()[1]
 
 
 def status_code_http(code: int) -> int:
@@ -191,9 +205,6 @@ class InvokeService:
             cached = self.action_cache.replace(namespace, name, outcome.current)
         return Submitted(action, invocation)
 
-    def wait(self, activation_id: str, wait_ms: int, *, just_queued: bool = False) -> ActivationRecord | None:
-        return self.activations.wait(activation_id, wait_ms / 1000, just_queued=just_queued)
-
     def wait_queued_json(self, activation_id: str, wait_ms: int) -> str | None:
         """The stored JSON of the record of an activation this worker just queued (see
         :func:`wait_record_json`), ``None`` if it is not stored within ``wait_ms``."""
@@ -203,8 +214,19 @@ class InvokeService:
         self, identity: Identity, namespace: str, name: str, params: dict[str, Any], transaction_id: str,
         *, blocking: bool, timeout_ms: int | None = None,
     ) -> InvokeOutcome:
+        """Queue one invocation and, ``blocking``, wait for its record. A blocking invoke whose wait ends
+        with Redis still away is answered as one whose wait ran out (202 and its id, as OpenWhisk does):
+        it was accepted, and a 503 would invite the client to run it again."""
         submitted = self.submit(identity, namespace, name, params, transaction_id)
+        aid = submitted.activation_id
         if not blocking:
-            return InvokeOutcome(submitted.activation_id, None)
+            return InvokeOutcome(aid, None)
         wait_ms = blocking_wait_ms(submitted.action, timeout_ms, self.settings.blocking_wait_max_ms)
-        return InvokeOutcome(submitted.activation_id, self.wait_queued_json(submitted.activation_id, wait_ms))
+        try:
+            return InvokeOutcome(aid, self.wait_queued_json(aid, wait_ms))
+        except redis.RedisError as exc:
+            if store_unavailable(exc) is None:
+                raise
+            log.warning("activation %s: Redis still cannot serve at the end of its blocking wait (%r): "
+                        "answered as accepted", aid, exc)
+            return InvokeOutcome(aid, None)

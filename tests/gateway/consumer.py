@@ -28,6 +28,8 @@ from faas_llm.types import ActivationRecord, ActivationResponse, Invocation, Key
 from invoker.runtime_client import classify
 
 TOO_LONG = "the prompt has 1200 tokens; the model's context is 512 tokens, which leaves no room to generate"
+#: Redis stopped, killed or still loading (the gateway's outage tests)
+STORE_AWAY = (redis.ConnectionError, redis.TimeoutError)
 WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta")
 
 
@@ -91,23 +93,27 @@ class QueueConsumer:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            streams = self._join_groups()
-            if not streams:
-                time.sleep(0.02)
-                continue
             try:
-                replies = self.client.xreadgroup(self.keys.consumer_group(), self.name, streams, count=16, block=100)
+                self._take()
+            except STORE_AWAY:  # a test stopped or killed Redis: wait for it, as an invoker does
+                time.sleep(0.1)
             except redis.ResponseError:  # the test flushed the database under us: rejoin
                 self._groups.clear()
-                continue
-            for queue, entries in replies or []:
-                for entry_id, fields in entries:
-                    invocation = ActivationStore.decode_message(fields)
-                    self.seen.append(invocation)
-                    worker = threading.Thread(target=self._run, args=(invocation,), daemon=True)
-                    self._workers.append(worker)
-                    worker.start()
-                    self.client.xack(queue, self.keys.consumer_group(), entry_id)
+
+    def _take(self) -> None:
+        streams = self._join_groups()
+        if not streams:
+            time.sleep(0.02)
+            return
+        replies = self.client.xreadgroup(self.keys.consumer_group(), self.name, streams, count=16, block=100)
+        for queue, entries in replies or []:
+            for entry_id, fields in entries:
+                invocation = ActivationStore.decode_message(fields)
+                self.seen.append(invocation)
+                worker = threading.Thread(target=self._run, args=(invocation,), daemon=True)
+                self._workers.append(worker)
+                worker.start()
+                self.client.xack(queue, self.keys.consumer_group(), entry_id)
 
     # --- one activation ----------------------------------------------------------------------
     def _run(self, inv: Invocation) -> None:
@@ -158,4 +164,12 @@ class QueueConsumer:
                          KeyValue(key="waitTime", value=started - inv.enqueued_ms)],
             coldStart=False, loadTier="warm", loadTime=0.0, node="test-node", timeToFirstToken=0.001,
         )
-        self.store.complete(record)
+        deadline = time.monotonic() + 120
+        while True:  # a test may have stopped or killed Redis meanwhile: store it once it is back
+            try:
+                self.store.complete(record)
+                return
+            except STORE_AWAY:
+                if time.monotonic() > deadline or self._stop.is_set():
+                    return
+                time.sleep(0.1)
