@@ -76,13 +76,82 @@ def run_case(name: str, n: int, concurrency: int, make: Callable[[], Callable[[]
             "p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000}
 
 
+class Target:
+    """The gateway under test: its base URL, the caller's key, a Redis client on its store."""
+
+    def __init__(self, base: str, uuid: str, secret: str, client: redis.Redis, keys: Keys) -> None:
+        self.base, self.client, self.keys = base, client, keys
+        self.basic = (uuid, secret)
+        self.bearer = f"Bearer {uuid}:{secret}"
+
+    def direct(self) -> Callable[[], None]:
+        """``ActivationStore.submit`` from Python: the peer without HTTP."""
+        store = ActivationStore(self.client, self.keys)
+
+        def call() -> None:
+            store.submit(Invocation(
+                activation_id=new_activation_id(), namespace="bench", action="direct", subject="bench",
+                params={"prompt": "x"}, transaction_id="t", deadline_ms=now_ms() + 60_000))
+        return call
+
+    def http(self, method: str, path: str, **kw: Any) -> Callable[[], Callable[[], None]]:
+        def make() -> Callable[[], None]:
+            session = requests.Session()
+            session.auth = self.basic
+
+            def call() -> None:
+                r = session.request(method, f"{self.base}{path}", timeout=60, **kw)
+                assert r.status_code in (200, 202), r.text
+            return call
+        return make
+
+    def stream_to_end(self) -> Callable[[], None]:
+        session = requests.Session()
+        session.headers["Authorization"] = self.bearer
+
+        def call() -> None:
+            with session.post(f"{self.base}/v1/chat/completions", stream=True, timeout=60,
+                              json={"model": "echo", "messages": [{"role": "user", "content": "hi"}],
+                                    "stream": True}) as r:
+                for _ in (ln for ln in r.iter_lines() if ln.startswith(b"data: ")):
+                    pass
+        return call
+
+
+def run_cases(target: Target, n: int, c: int) -> list[dict[str, Any]]:
+    chat = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+    invoke = "/api/v1/namespaces/_/actions/echo"
+    rows = [
+        run_case("submit (direct, no HTTP)", n, c, target.direct),
+        run_case("GET action", n, c, target.http("GET", invoke)),
+        run_case("invoke non-blocking", n, c, target.http("POST", invoke, json={})),
+        run_case("invoke blocking", n, c, target.http("POST", f"{invoke}?blocking=true", json={"prompt": "x"})),
+        run_case("chat completion", n, c, target.http("POST", "/v1/chat/completions", json=chat)),
+        run_case("chat stream (to end)", max(n // 3, 10), c, target.stream_to_end),
+    ]
+    peer = rows[0]["p50_ms"]
+    for row in rows:
+        row["p50_vs_direct"] = row["p50_ms"] / peer
+    return rows
+
+
+def wait_healthy(base: str, tries: int = 300) -> None:
+    for _ in range(tries):
+        try:
+            if requests.get(f"{base}/health", timeout=1).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"gateway at {base} not healthy")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers of the gateway")
     args = parser.parse_args(argv)
-
     with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp, RedisServer() as server:
         settings = Settings(redis_url=server.url, data_dir=Path(tmp), gateway_port=free_port(),
                             gateway_workers=args.workers, gateway_threads=16, log_level="WARNING")
@@ -94,69 +163,17 @@ def main(argv: list[str] | None = None) -> None:
         Limiter(client, keys, NamespaceLimits(60, 30)).set_limits(
             "bench", invocations_per_minute=10**9, concurrent_invocations=10**9)
         proc = subprocess.Popen([sys.executable, "-m", "gateway"], env=child_environ(settings), cwd=REPO)
-        base = f"http://{settings.gateway_host}:{settings.gateway_port}"
+        target = Target(f"http://{settings.gateway_host}:{settings.gateway_port}", creds.uuid, creds.secret,
+                        client, keys)
         consumer = QueueConsumer(server.url, keys).start()
         try:
-            for _ in range(300):
-                try:
-                    if requests.get(f"{base}/health", timeout=1).ok:
-                        break
-                except requests.RequestException:
-                    time.sleep(0.1)
-            basic = (creds.uuid, creds.secret)
-            requests.put(f"{base}/api/v1/namespaces/_/actions/echo", auth=basic, timeout=10,
+            wait_healthy(target.base)
+            requests.put(f"{target.base}/api/v1/namespaces/_/actions/echo", auth=target.basic, timeout=10,
                          json={"exec": {"kind": "llm", "model": "tiny"},
                                "parameters": [{"key": "max_tokens", "value": 4}]}).raise_for_status()
-            n, c = args.requests, args.concurrency
-            store = ActivationStore(client, keys)
-
-            def direct() -> Callable[[], None]:
-                return lambda: store.submit(Invocation(
-                    activation_id=new_activation_id(), namespace="bench", action="direct", subject="bench",
-                    params={"prompt": "x"}, transaction_id="t", deadline_ms=now_ms() + 60_000))
-
-            def http(method: str, path: str, **kw: Any) -> Callable[[], Callable[[], None]]:
-                def make() -> Callable[[], None]:
-                    session = requests.Session()
-                    session.auth = basic
-
-                    def call() -> None:
-                        r = session.request(method, f"{base}{path}", timeout=60, **kw)
-                        assert r.status_code in (200, 202), r.text
-                    return call
-                return make
-
-            def stream_ttft() -> Callable[[], None]:
-                session = requests.Session()
-                session.headers["Authorization"] = f"Bearer {creds.uuid}:{creds.secret}"
-
-                def call() -> None:
-                    with session.post(f"{base}/v1/chat/completions", stream=True, timeout=60,
-                                      json={"model": "echo", "messages": [{"role": "user", "content": "hi"}],
-                                            "stream": True}) as r:
-                        lines = (ln for ln in r.iter_lines() if ln.startswith(b"data: "))
-                        next(lines)  # the role chunk
-                        next(lines)  # the first token: the latency measured ends here
-                        for _ in lines:
-                            pass
-                return call
-
-            chat = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
-            rows = [
-                run_case("submit (direct, no HTTP)", n, c, direct),
-                run_case("GET action", n, c, http("GET", "/api/v1/namespaces/_/actions/echo")),
-                run_case("invoke non-blocking", n, c, http("POST", "/api/v1/namespaces/_/actions/echo", json={})),
-                run_case("invoke blocking", n, c,
-                         http("POST", "/api/v1/namespaces/_/actions/echo?blocking=true", json={"prompt": "x"})),
-                run_case("chat completion", n, c, http("POST", "/v1/chat/completions", json=chat)),
-            ]
-            ttft = run_case("chat stream (to end)", max(n // 3, 10), c, stream_ttft)
-            rows.append(ttft)
-            peer = rows[0]["p50_ms"]
-            for row in rows:
-                row["p50_vs_direct"] = row["p50_ms"] / peer
+            rows = run_cases(target, args.requests, args.concurrency)
             print_table(rows, title=f"gateway under gunicorn ({args.workers} workers x 16 threads), "
-                                    f"{c} client threads")
+                                    f"{args.concurrency} client threads")
             write_json(args.json, rows, workers=args.workers)
         finally:
             consumer.stop()

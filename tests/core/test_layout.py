@@ -25,7 +25,6 @@ KNOWN: dict[tuple[str, str], int] = {
     ("bench/cache_bench.py", "main"): 160,
     ("bench/cache_bench.py", "run_strategy"): 101,
     ("bench/load_bench.py", "_run_case"): 88,
-    ("bench/gateway_bench.py", "main"): 87,
     ("faas_llm/checkpoint/gpu.py", "load_to_device"): 86,
     ("faas_llm/checkpoint/format.py", "parse_index"): 73,
     ("bench/load_bench.py", "main"): 72,
