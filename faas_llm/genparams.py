@@ -1,8 +1,11 @@
 """Generation requests on the wire: what a client may ask of an LLM action, and a run's exportable state.
 
-Shared by the gateway (it validates OpenAI bodies into :class:`GenerationParams`), the
-invoker (it forwards them in ``/run``'s ``value`` and moves :class:`GenerationState`
-between instances when it migrates a run) and the action runtime (it generates).
+The action runtime validates every run's ``value`` with it (:func:`parse_generation_params`) and
+exports and resumes :class:`GenerationState`; the invoker passes a run's ``value`` through and, when it
+migrates a run, hands the exported state on as ``{"resume": state}`` (it draws replay seeds with
+:data:`SEED_BITS`). The gateway does not import this module: it validates OpenAI bodies with its own,
+lenient models (``gateway/protocol.py``) and maps them to a ``value`` of this shape
+(``gateway/openai_mapping.py``), which the runtime then checks here.
 
 Parameters follow OpenAI's names and defaults (``temperature`` 1.0, ``top_p`` 1.0,
 ``max_tokens`` 16). ``temperature`` 0 is greedy decoding (deterministic). Sampling is
@@ -30,13 +33,17 @@ class _Strict(BaseModel):
 
 
 class TextPart(_Strict):
-    """One part of an OpenAI message whose ``content`` is a list (text parts only)."""
+    """One part of a message whose ``content`` is a list (text parts only)."""
 
     type: Literal["text"]
     text: StrictStr
 
 
 class ChatMessage(_Strict):
+    """One message of a run's ``messages``: strict (no unknown field, ``content`` required), unlike the
+    OpenAI request the gateway accepts (``gateway.protocol.OpenAIChatMessage``), which it flattens to
+    ``{"role", "content": text}``."""
+
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: StrictStr | list[TextPart]
     name: StrictStr | None = None

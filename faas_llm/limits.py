@@ -1,16 +1,16 @@
 """Per-namespace invocation limits: OpenWhisk's ``invocationsPerMinute`` and ``concurrentInvocations``.
 
-The policy is pure (:func:`decide`): counts in, a decision out. :class:`Limiter` keeps
+The policy is pure (:func:`decide`): counts in, an :class:`Admission` out. :class:`Limiter` keeps
 the counts in Redis: a counter per namespace and minute, and a sorted set of in-flight
 activation ids scored by their deadline (so work whose consumer died stops counting
 once its deadline passes; :meth:`ActivationStore.complete` removes finished ones).
 
 Admission is one Lua script (:data:`ADMIT_SCRIPT`), so one round trip and atomic: it reads the
-namespace's limits, counts the caller, decides and, when it admits, queues the invocation
-(the writes of :meth:`ActivationStore.submit`); two concurrent callers can never both take the
-last slot, and a throttled invocation is never queued. The limits are read fresh on every
-admission (no cache, so ``faas-llm admin limits set`` applies to the very next invoke): in the
-script they cost no extra round trip. The script's verdict repeats :func:`decide` (the reference,
+namespace's limits, counts the caller, decides and, when it admits, queues the invocation (the writes
+:meth:`ActivationStore.queue_write` names: this script is where the gateway queues); two concurrent
+callers can never both take the last slot, and a throttled invocation is never queued. The limits are
+read fresh on every admission (no cache, so ``faas-llm admin limits set`` applies to the very next
+invoke): in the script they cost no extra round trip. The script's verdict repeats :func:`decide` (the reference,
 unit-tested; a test checks that the two agree) and is checked against it on every call.
 
 With an expected action (:meth:`Limiter.admit_if_current`) the script first checks that the action
@@ -45,32 +45,34 @@ class NamespaceLimits:
     concurrent_invocations: int
 
 
-class Verdict(str, Enum):
+class AdmissionVerdict(str, Enum):
     ADMIT = "admit"
     RATE = "rate"
     CONCURRENCY = "concurrency"
 
 
 @dataclass(frozen=True)
-class Decision:
-    verdict: Verdict
+class Admission:
+    """The limit policy's answer for one invocation: admitted, or which limit it is over."""
+
+    verdict: AdmissionVerdict
     count: int = 0
     allowed: int = 0
 
     @property
     def admitted(self) -> bool:
-        return self.verdict is Verdict.ADMIT
+        return self.verdict is AdmissionVerdict.ADMIT
 
     @property
     def message(self) -> str:
-        if self.verdict is Verdict.RATE:
+        if self.verdict is AdmissionVerdict.RATE:
             return f"Too many requests in the last minute (count: {self.count}, allowed: {self.allowed})."
-        if self.verdict is Verdict.CONCURRENCY:
+        if self.verdict is AdmissionVerdict.CONCURRENCY:
             return f"Too many concurrent requests in flight (count: {self.count}, allowed: {self.allowed})."
         return "admitted"
 
 
-def decide(rate_count: int, inflight_count: int, limits: NamespaceLimits) -> Decision:
+def decide(rate_count: int, inflight_count: int, limits: NamespaceLimits) -> Admission:
     """Admit or throttle one invocation.
 
     ``rate_count`` counts invocations this minute including this one; ``inflight_count``
@@ -78,10 +80,10 @@ def decide(rate_count: int, inflight_count: int, limits: NamespaceLimits) -> Dec
     as in OpenWhisk.
     """
     if rate_count > limits.invocations_per_minute:
-        return Decision(Verdict.RATE, rate_count, limits.invocations_per_minute)
+        return Admission(AdmissionVerdict.RATE, rate_count, limits.invocations_per_minute)
     if inflight_count > limits.concurrent_invocations:
-        return Decision(Verdict.CONCURRENCY, inflight_count - 1, limits.concurrent_invocations)
-    return Decision(Verdict.ADMIT)
+        return Admission(AdmissionVerdict.CONCURRENCY, inflight_count - 1, limits.concurrent_invocations)
+    return Admission(AdmissionVerdict.ADMIT)
 
 
 #: KEYS: limits hash, in-flight zset, rate window [, pending key, queue stream, queues index
@@ -141,7 +143,7 @@ def _int_limit(name: str, value: Any) -> int:
 
 @dataclass(frozen=True)
 class Admitted:
-    decision: Decision
+    admission: Admission
     #: the queued invocation's stream entry id (when the admission queued it)
     entry_id: str | None = None
 
@@ -239,14 +241,14 @@ class Limiter:
             raise AuthError()
         if int(rate_count) < 0:
             return StaleAction(entry.decode() if isinstance(entry, bytes) else entry)
-        decision = decide(int(rate_count), int(inflight_count),
-                          NamespaceLimits(int(rate_limit), int(conc_limit)))
-        if decision.admitted != (entry is not None if queue is not None else decision.admitted):
+        admission = decide(int(rate_count), int(inflight_count),
+                           NamespaceLimits(int(rate_limit), int(conc_limit)))
+        if admission.admitted != (entry is not None if queue is not None else admission.admitted):
             raise InternalError("the admission script and the limit policy disagree")
-        if not decision.admitted:
-            raise ThrottledError(decision.message)
+        if not admission.admitted:
+            raise ThrottledError(admission.message)
         entry_id = entry.decode() if isinstance(entry, bytes) else (str(entry) if entry else None)
-        return Admitted(decision, entry_id)
+        return Admitted(admission, entry_id)
 
     def release(self, namespace: str, activation_id: str) -> None:
         self.r.zrem(self.keys.inflight(namespace), activation_id)

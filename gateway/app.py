@@ -16,7 +16,7 @@ from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from faas_llm.settings import Settings, get_settings
-from gateway.calls import REQUEST_ID_HEADER, Call, Reply
+from gateway.calls import REQUEST_ID_HEADER, Call, RouteReply
 from gateway.context import EXTENSION, Gateway
 from gateway.errors import error_reply, exception_reply, http_exception_error, payload_too_large
 from gateway.fastpath import FastPath
@@ -55,7 +55,7 @@ def _view(route: Route) -> Callable[..., Response]:
     return view
 
 
-def flask_response(reply: Reply) -> Response:
+def flask_response(reply: RouteReply) -> Response:
     return Response(reply.body, status=reply.status, headers=list(reply.headers), content_type=reply.content_type)
 
 

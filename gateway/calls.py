@@ -1,6 +1,6 @@
-"""What a route handler sees and answers, without a web framework: a :class:`Call` in, a :class:`Reply` out.
+"""What a route handler sees and answers, without a web framework: a :class:`Call` in, a :class:`RouteReply` out.
 
-Both layers that serve the route table build the same :class:`Call` and send the same :class:`Reply`:
+Both layers that serve the route table build the same :class:`Call` and send the same :class:`RouteReply`:
 the Flask app (every route; ``gateway/app.py``) and the thin WSGI layer under it that serves the hot
 routes without Flask's request and response objects (``gateway/fastpath.py``). So a route's behaviour
 (its checks, their order, its status, body bytes and headers) is written once, in its handler.
@@ -79,7 +79,7 @@ def parse_json(data: bytes, default: Any = None) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
-class Reply:
+class RouteReply:
     """A response: status, body (bytes, or chunks sent as they come) and the route's own headers (the
     layer adds the transport's: ``Content-Length``, the request id)."""
 
@@ -95,10 +95,10 @@ def json_bytes(value: Any) -> bytes:
     return f"{json.dumps(value, separators=(',', ':'))}\n".encode()
 
 
-def json_reply(value: Any, status: int = 200, activation_id: str | None = None) -> Reply:
+def json_reply(value: Any, status: int = 200, activation_id: str | None = None) -> RouteReply:
     return raw_json_reply(json_bytes(value), status, activation_id)
 
 
-def raw_json_reply(body: bytes, status: int = 200, activation_id: str | None = None) -> Reply:
+def raw_json_reply(body: bytes, status: int = 200, activation_id: str | None = None) -> RouteReply:
     """A reply whose body is JSON already (e.g. a stored record, passed on unparsed)."""
-    return Reply(status, body, JSON, ((ACTIVATION_HEADER, activation_id),) if activation_id else ())
+    return RouteReply(status, body, JSON, ((ACTIVATION_HEADER, activation_id),) if activation_id else ())

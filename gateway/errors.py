@@ -30,7 +30,7 @@ from faas_llm.errors import (
     StoreUnavailableError,
     store_unavailable,
 )
-from gateway.calls import Call, Reply, json_bytes
+from gateway.calls import Call, RouteReply, json_bytes
 from gateway.http_auth import confirm_deferred, forget_deferred
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def openai_error_body(exc: FaasLLMError) -> dict[str, Any]:
     return {"error": {"message": exc.message, "type": exc.openai_type, "code": openai_code(exc)}}
 
 
-def error_reply(exc: FaasLLMError, call: Call, status: int | None = None) -> Reply:
+def error_reply(exc: FaasLLMError, call: Call, status: int | None = None) -> RouteReply:
     if (status or exc.http_status) == 401:
         forget_deferred(call)
     elif not isinstance(exc, StoreUnavailableError):  # the check would fail the same way
@@ -71,10 +71,10 @@ def error_reply(exc: FaasLLMError, call: Call, status: int | None = None) -> Rep
         headers = (("WWW-Authenticate", CHALLENGE),)
     elif status == 503 and exc.recoverable:
         headers = (("Retry-After", str(RETRY_AFTER_S)),)
-    return Reply(status, json_bytes(body), headers=headers)
+    return RouteReply(status, json_bytes(body), headers=headers)
 
 
-def exception_reply(exc: Exception, call: Call) -> Reply:
+def exception_reply(exc: Exception, call: Call) -> RouteReply:
     """The reply to an exception a route (or its authentication) raised."""
     if not isinstance(exc, FaasLLMError):
         unavailable = store_unavailable(exc)

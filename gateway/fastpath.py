@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 import werkzeug.urls  # noqa: F401  (registers the "werkzeug.url_quote" codec error handler used below)
 from werkzeug.http import HTTP_STATUS_CODES
 
-from gateway.calls import REQUEST_ID_HEADER, Call, Reply
+from gateway.calls import REQUEST_ID_HEADER, Call, RouteReply
 from gateway.context import Gateway
 from gateway.errors import exception_reply
 from gateway.routes import ROUTES, Route, serve
@@ -107,7 +107,7 @@ class FastPath:
             return None
         return data
 
-    def respond(self, start_response: StartResponse, route: Route, call: Call, reply: Reply) -> Iterable[bytes]:
+    def respond(self, start_response: StartResponse, route: Route, call: Call, reply: RouteReply) -> Iterable[bytes]:
         headers = [("Content-Type", reply.content_type), *reply.headers, (REQUEST_ID_HEADER, call.tid)]
         body = reply.body
         if isinstance(body, bytes):

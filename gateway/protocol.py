@@ -189,14 +189,19 @@ class CompletionRequest(SamplingRequest):
         return self.prompt[0]
 
 
-class TextPart(_OpenAIModel):
+class OpenAITextPart(_OpenAIModel):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(_OpenAIModel):
+class OpenAIChatMessage(_OpenAIModel):
+    """A message as an OpenAI client sends it: unknown fields ignored (``tool_calls``, ``refusal``, ...),
+    ``content`` may be null (an assistant turn that only called tools). The runtime's strict contract for
+    a run's messages is :class:`faas_llm.genparams.ChatMessage`; :func:`gateway.openai_mapping.chat_params`
+    flattens these into it."""
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[OpenAITextPart] | None = None
     name: str | None = None
 
     def text(self) -> str:
@@ -208,7 +213,7 @@ class ChatMessage(_OpenAIModel):
 
 
 class ChatCompletionRequest(SamplingRequest):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[OpenAIChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=131_072)
 
     @property

@@ -1,7 +1,7 @@
 """The gateway's one route table: each route's method, URL rule, authentication and handler.
 
 A handler takes the request's :class:`~gateway.calls.Call` and the rule's path parameters and returns
-a :class:`~gateway.calls.Reply`; errors are raised and answered by :mod:`gateway.errors`. Two layers
+a :class:`~gateway.calls.RouteReply`; errors are raised and answered by :mod:`gateway.errors`. Two layers
 serve this table with :func:`serve`, so each route is written once: the Flask app registers every
 route (``gateway/app.py``), and the WSGI layer under it (``gateway/fastpath.py``) answers the ``hot``
 ones itself when the request is plain (a ``Content-Length`` body, a plain query string), without
@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from gateway.calls import Call, Reply
+from gateway.calls import Call, RouteReply
 from gateway.http_auth import authenticate
 from gateway.routes import actions, activations, openai, ops
 
-Handler = Callable[..., Reply]
+Handler = Callable[..., RouteReply]
 
 
 class Auth(Enum):
@@ -78,7 +78,7 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-def serve(route: Route, call: Call, path_args: dict[str, str]) -> Reply:
+def serve(route: Route, call: Call, path_args: dict[str, str]) -> RouteReply:
     """Authenticate as the route says, then run its handler (errors raise to the layer's error mapping)."""
     if route.auth is not Auth.PUBLIC:
         authenticate(call, deferrable=route.auth is Auth.DEFERRED)

@@ -6,17 +6,17 @@ import json
 import time
 
 from faas_llm.types import parse
-from gateway.calls import Call, Reply, json_reply, raw_json_reply
+from gateway.calls import Call, RouteReply, json_reply, raw_json_reply
 from gateway.http_auth import caller, caller_namespace
 from gateway.protocol import ActionPut, InvokeQuery, ListQuery, flag
 from gateway.services.invoke import status_code_http
 
 
-def list_namespaces(call: Call) -> Reply:
+def list_namespaces(call: Call) -> RouteReply:
     return json_reply([caller(call).namespace])
 
 
-def list_actions(call: Call, namespace: str) -> Reply:
+def list_actions(call: Call, namespace: str) -> RouteReply:
     _, ns = caller_namespace(call, namespace)
     query = ListQuery.from_args(call.args, "actions")
     actions = call.gw.actions
@@ -25,24 +25,24 @@ def list_actions(call: Call, namespace: str) -> Reply:
     return json_reply([a.model_dump(mode="json") for a in actions.list(ns, skip=query.skip, limit=query.limit)])
 
 
-def put_action(call: Call, namespace: str, name: str) -> Reply:
+def put_action(call: Call, namespace: str, name: str) -> RouteReply:
     _, ns = caller_namespace(call, namespace)
     overwrite = flag(call.args, "overwrite")
     body = parse(ActionPut, call.json_object(required=True))
     return json_reply(call.gw.actions.put(ns, name, body, overwrite=overwrite).model_dump(mode="json"))
 
 
-def get_action(call: Call, namespace: str, name: str) -> Reply:
+def get_action(call: Call, namespace: str, name: str) -> RouteReply:
     _, ns = caller_namespace(call, namespace)
     return json_reply(call.gw.actions.get(ns, name).model_dump(mode="json"))
 
 
-def delete_action(call: Call, namespace: str, name: str) -> Reply:
+def delete_action(call: Call, namespace: str, name: str) -> RouteReply:
     _, ns = caller_namespace(call, namespace)
     return json_reply(call.gw.actions.delete(ns, name).model_dump(mode="json"))
 
 
-def invoke_action(call: Call, namespace: str, name: str) -> Reply:
+def invoke_action(call: Call, namespace: str, name: str) -> RouteReply:
     """202 ``{activationId}`` (non-blocking, or the wait ran out); else the record (or with ``result``
     its result) with OpenWhisk's status for it: 200, 502 for the action's own error, 500."""
     identity, ns = caller_namespace(call, namespace)

@@ -6,7 +6,7 @@ from typing import Any
 
 from faas_llm.errors import NotFoundError, RequestError
 from faas_llm.types import ActivationRecord, check_activation_id
-from gateway.calls import Call, Reply, json_reply
+from gateway.calls import Call, RouteReply, json_reply
 from gateway.http_auth import caller_namespace
 from gateway.protocol import ActivationListQuery
 
@@ -33,7 +33,7 @@ def _record(call: Call, namespace: str, activation_id: str) -> ActivationRecord:
     return record
 
 
-def list_activations(call: Call, namespace: str) -> Reply:
+def list_activations(call: Call, namespace: str) -> RouteReply:
     _, ns = caller_namespace(call, namespace)
     query = ActivationListQuery.from_args(call.args)
     store = call.gw.activations
@@ -50,13 +50,13 @@ def list_activations(call: Call, namespace: str) -> Reply:
     return json_reply([summary(r) for r in records])
 
 
-def get_activation(call: Call, namespace: str, activation_id: str) -> Reply:
+def get_activation(call: Call, namespace: str, activation_id: str) -> RouteReply:
     return json_reply(_record(call, namespace, activation_id).model_dump(mode="json"))
 
 
-def get_activation_result(call: Call, namespace: str, activation_id: str) -> Reply:
+def get_activation_result(call: Call, namespace: str, activation_id: str) -> RouteReply:
     return json_reply(_record(call, namespace, activation_id).response.model_dump(mode="json"))
 
 
-def get_activation_logs(call: Call, namespace: str, activation_id: str) -> Reply:
+def get_activation_logs(call: Call, namespace: str, activation_id: str) -> RouteReply:
     return json_reply({"logs": _record(call, namespace, activation_id).logs})

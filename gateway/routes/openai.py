@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from faas_llm.errors import FaasLLMError, store_unavailable
 from faas_llm.types import parse
-from gateway.calls import ACTIVATION_HEADER, Call, Reply, json_reply
+from gateway.calls import ACTIVATION_HEADER, Call, RouteReply, json_reply
 from gateway.errors import openai_error_body
 from gateway.http_auth import caller
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
@@ -17,11 +17,11 @@ from gateway.services.openai import StreamEvent
 SSE = "text/event-stream; charset=utf-8"
 
 
-def list_models(call: Call) -> Reply:
+def list_models(call: Call) -> RouteReply:
     return json_reply(call.gw.openai.models(caller(call).namespace))
 
 
-def get_model(call: Call, name: str) -> Reply:
+def get_model(call: Call, name: str) -> RouteReply:
     return json_reply(call.gw.openai.model(caller(call).namespace, name))
 
 
@@ -40,14 +40,14 @@ def sse(events: Iterator[StreamEvent]) -> Iterator[bytes]:
     yield b"data: [DONE]\n\n"
 
 
-def _generate(call: Call, req: CompletionRequest | ChatCompletionRequest) -> Reply:
+def _generate(call: Call, req: CompletionRequest | ChatCompletionRequest) -> RouteReply:
     gw = call.gw
     identity = caller(call)
     started = time.perf_counter()
     if req.stream:
         streaming = gw.openai.stream(identity, req, call.tid)
         gw.metrics.observe_invoke("openai", "stream", "accepted", time.perf_counter() - started)
-        return Reply(200, sse(streaming.events), SSE, (
+        return RouteReply(200, sse(streaming.events), SSE, (
             ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"), (ACTIVATION_HEADER, streaming.activation_id)))
     try:
         done = gw.openai.complete(identity, req, call.tid)
@@ -58,9 +58,9 @@ def _generate(call: Call, req: CompletionRequest | ChatCompletionRequest) -> Rep
     return json_reply(done.body, 200, done.activation_id)
 
 
-def completions(call: Call) -> Reply:
+def completions(call: Call) -> RouteReply:
     return _generate(call, parse(CompletionRequest, call.json_object(required=True)))
 
 
-def chat_completions(call: Call) -> Reply:
+def chat_completions(call: Call) -> RouteReply:
     return _generate(call, parse(ChatCompletionRequest, call.json_object(required=True)))

@@ -32,8 +32,8 @@ from faas_llm.limits import Limiter, StaleAction
 from faas_llm.settings import Settings
 from faas_llm.thread_redis import ThreadRedis
 from faas_llm.types import Action, ActivationRecord, Invocation, new_activation_id, now_ms
-from gateway.services.action_cache import ActionCache
 from gateway.services.actions import ActionService
+from gateway.services.checked_actions import DigestCheckedActions
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ class InvokeService:
         self.activations = activations
         self.limiter = limiter
         self.settings = settings
-        self.action_cache = ActionCache(actions.store)
+        self.checked_actions = DigestCheckedActions(actions.store)
 
     def submit(
         self, identity: Identity, namespace: str, name: str, params: dict[str, Any], transaction_id: str,
@@ -180,7 +180,7 @@ class InvokeService:
         The invocation is built from the worker's cached action; the admission script queues it only
         if that is still the stored action (else it returns the stored one, and this retries with it)."""
         activation_id = new_activation_id()
-        cached = self.action_cache.get(namespace, name)
+        cached = self.checked_actions.get(namespace, name)
         for attempt in range(STALE_RETRIES + 1):
             action = cached.action
             start = now_ms()
@@ -202,7 +202,7 @@ class InvokeService:
                                                     cached.key, cached.digest, identity.check)
             if not isinstance(outcome, StaleAction):
                 break
-            cached = self.action_cache.replace(namespace, name, outcome.current)
+            cached = self.checked_actions.replace(namespace, name, outcome.current)
         return Submitted(action, invocation)
 
     def wait_queued_json(self, activation_id: str, wait_ms: int) -> str | None:

@@ -14,7 +14,7 @@ from faas_llm.activations import ActivationStore
 from faas_llm.auth import AuthStore, Credentials
 from faas_llm.errors import AuthError, ConflictError, RequestError, ThrottledError
 from faas_llm.keys import Keys
-from faas_llm.limits import Limiter, NamespaceLimits, Verdict, decide, minute_of
+from faas_llm.limits import AdmissionVerdict, Limiter, NamespaceLimits, decide, minute_of
 from faas_llm.settings import Settings
 from faas_llm.types import Exec, Invocation, Limits
 from gateway import openai_mapping as oai
@@ -59,12 +59,12 @@ def test_limit_policy() -> None:
     limits = NamespaceLimits(invocations_per_minute=2, concurrent_invocations=1)
     assert decide(2, 1, limits).admitted
     rate = decide(3, 1, limits)
-    assert rate.verdict is Verdict.RATE
+    assert rate.verdict is AdmissionVerdict.RATE
     assert rate.message == "Too many requests in the last minute (count: 3, allowed: 2)."
     conc = decide(1, 2, limits)
-    assert conc.verdict is Verdict.CONCURRENCY
+    assert conc.verdict is AdmissionVerdict.CONCURRENCY
     assert conc.message == "Too many concurrent requests in flight (count: 1, allowed: 1)."
-    assert decide(5, 5, limits).verdict is Verdict.RATE  # the rate limit is checked first
+    assert decide(5, 5, limits).verdict is AdmissionVerdict.RATE  # the rate limit is checked first
 
 
 def test_limiter_admits_exactly_the_limit_under_contention(redis_client: redis.Redis, keys: Keys) -> None:

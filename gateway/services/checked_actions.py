@@ -28,8 +28,11 @@ class CachedAction:
     digest: str
 
 
-class ActionCache:
-    """At most ``max_entries`` actions (cleared when full: a worker serves few actions at a time)."""
+class DigestCheckedActions:
+    """The actions this worker read, each kept with the digest the admission script checks it by (so an
+    entry never expires: it is replaced when the script finds it stale). At most ``max_entries`` (cleared
+    when full: a worker serves few actions at a time). Unlike the invoker's time-limited
+    ``invoker.cluster.ActionCache``, nothing is acted on from an entry without that check."""
 
     def __init__(self, store: ActionStore, max_entries: int = 4096) -> None:
         self.store = store

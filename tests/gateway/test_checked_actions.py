@@ -1,5 +1,5 @@
-"""The gateway worker's action cache: invocations are built from cached actions, and the admission
-script queues one only if its action is still the stored one (updated, deleted, re-created actions
+"""The gateway worker's digest-checked actions: invocations are built from the actions a worker read,
+and the admission script queues one only if its action is still the stored one (updated, deleted, re-created actions
 take effect at the very next invoke, in every worker), with no side effect when it is not."""
 
 from __future__ import annotations
