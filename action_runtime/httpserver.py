@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
 
-from action_runtime.routes import HttpReply, json_reply, too_large_reply
+from action_runtime.routes import HttpReply, malformed_reply, too_large_reply
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +209,7 @@ class HttpServer:
             conn.sendall(self._bytes(too_large_reply(), keep=False))
             return False
         except (BadRequest, ValueError):
-            conn.sendall(self._bytes(json_reply({"error": "The request was malformed.", "http_status": 400}, 400),
-                                     keep=False))
+            conn.sendall(self._bytes(malformed_reply(), keep=False))
             return False
         with self._slots:
             with self._lock:

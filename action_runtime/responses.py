@@ -1,10 +1,9 @@
-"""Errors to responses, in one place.
+"""A run's errors and results as ``/run`` replies, in one place.
 
 A run's error is an *application error* (HTTP 200 with an ``{"error": ...}`` object: bad
 parameters, a result over the size limit) or a *developer error* (a non-200 status: the run
 timed out, the action's code crashed), as the OpenWhisk action protocol distinguishes them.
-Every error body says which: ``activation_status`` is OpenWhisk's ``statusCode`` (1 application,
-2 developer, 3 internal) and ``http_status`` the status a client-facing API should answer with.
+The error body itself is the contract's (:func:`faas_llm.runtime_protocol.error_body`).
 """
 
 from __future__ import annotations
@@ -12,30 +11,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from faas_llm.errors import ActivationStatus, ApplicationError, FaasLLMError, RequestError
-
-
-def activation_status(exc: FaasLLMError) -> ActivationStatus:
-    if isinstance(exc, RequestError):
-        return ActivationStatus.APPLICATION_ERROR
-    return exc.activation_status
-
-
-def error_body(exc: FaasLLMError) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "error": exc.message,
-        "type": exc.openai_type,
-        "http_status": exc.http_status,
-        "activation_status": int(activation_status(exc)),
-    }
-    if exc.details:
-        body["details"] = exc.details
-    return body
+from faas_llm.errors import ActivationStatus, ApplicationError, FaasLLMError
+from faas_llm.runtime_protocol import error_activation_status
 
 
 def run_error_status(exc: FaasLLMError) -> int:
     """The HTTP status of ``/run``'s reply for ``exc``: 200 for an application error."""
-    return 200 if activation_status(exc) is ActivationStatus.APPLICATION_ERROR else exc.http_status
+    return 200 if error_activation_status(exc) is ActivationStatus.APPLICATION_ERROR else exc.http_status
 
 
 def encode_result(result: Any, limit: int) -> bytes:

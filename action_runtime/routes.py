@@ -1,8 +1,8 @@
-"""The runtime's routes, free of any web framework: (method, path, body bytes) in, an :class:`HttpReply` out.
+"""The runtime's one route table, free of any web framework: (method, path, body bytes) in, an :class:`HttpReply` out.
 
-One table serves both faces of the runtime: the lean HTTP/1.1 server the runtime process runs
-(:mod:`action_runtime.httpserver`) and the WSGI app of :func:`action_runtime.app.create_app`
-(in-process use). Routes (OpenWhisk action protocol, Knative runtime contract, migration control):
+The lean HTTP/1.1 server of :mod:`action_runtime.httpserver` serves it (in the runtime process, and
+in-process in tests: :class:`action_runtime.server.RuntimeServer`). The bodies are those of
+:mod:`faas_llm.runtime_protocol` (OpenWhisk action protocol, Knative runtime contract, migration):
 
 - ``POST /init``  ``{value: {name, main, code, binary, env, model, checkpoint}}``, once (403 after)
 - ``POST /run``   ``{value, namespace, action_name, action_version, activation_id, transaction_id,
@@ -10,7 +10,7 @@ One table serves both faces of the runtime: the lean HTTP/1.1 server the runtime
 - ``POST /``      Knative's single entry point: ``{init?, value, ...}`` like /run (initialising first
   when ``init`` is given), or a bare parameters object
 - ``GET /ready``  200 once initialised, 503 before (the readiness probe); ``GET /health`` always 200
-- ``POST /export`` and ``POST /prefill``: migration (see :mod:`action_runtime.protocol`)
+- ``POST /export`` and ``POST /prefill``: migration
 """
 
 from __future__ import annotations
@@ -21,14 +21,30 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from action_runtime.responses import error_body
 from action_runtime.service import Reply, RuntimeService, Stream
-from faas_llm.errors import FaasLLMError, ForbiddenError, InternalError, NotFoundError, RequestError
+from faas_llm.errors import (
+    FaasLLMError,
+    ForbiddenError,
+    InternalError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RequestError,
+)
+from faas_llm.runtime_protocol import (
+    EXPORT_PATH,
+    HEALTH_PATH,
+    INIT_PATH,
+    JSON_TYPE,
+    KNATIVE_PATH,
+    NDJSON_TYPE,
+    PREFILL_PATH,
+    READY_PATH,
+    RUN_PATH,
+    error_body,
+)
 
 log = logging.getLogger(__name__)
 
-JSON = "application/json"
-NDJSON = "application/x-ndjson"
 STREAM_HEADERS = (("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
 
 
@@ -37,7 +53,7 @@ class HttpReply:
     status: int
     #: the whole body, or the chunks of a streamed one (NDJSON lines)
     body: bytes | Iterator[bytes]
-    content_type: str = JSON
+    content_type: str = JSON_TYPE
     headers: tuple[tuple[str, str], ...] = ()
 
 
@@ -48,8 +64,20 @@ def json_reply(body: Any, status: int = 200) -> HttpReply:
     return HttpReply(status, json.dumps(body, separators=(",", ":")).encode())
 
 
+def error_reply(exc: FaasLLMError, status: int | None = None) -> HttpReply:
+    """An :class:`~faas_llm.runtime_protocol.ErrorBody` reply (``status``: when not the error's own)."""
+    body = error_body(exc)
+    if status is not None:
+        body["http_status"] = status
+    return json_reply(body, status or exc.http_status)
+
+
 def too_large_reply() -> HttpReply:
-    return json_reply({"error": "The request content was too large.", "http_status": 413}, 413)
+    return error_reply(PayloadTooLargeError())
+
+
+def malformed_reply() -> HttpReply:
+    return error_reply(RequestError("The request was malformed."))
 
 
 def _ndjson(events: Iterator[dict[str, Any]]) -> Iterator[bytes]:
@@ -81,7 +109,7 @@ def _object(body: bytes) -> dict[str, Any]:
 
 def _reply(outcome: Reply | Stream) -> HttpReply:
     if isinstance(outcome, Stream):
-        return HttpReply(200, _ndjson(outcome.events), NDJSON, STREAM_HEADERS)
+        return HttpReply(200, _ndjson(outcome.events), NDJSON_TYPE, STREAM_HEADERS)
     if outcome.encoded is not None:
         return HttpReply(outcome.status, outcome.encoded)
     return json_reply(outcome.body, outcome.status)
@@ -93,13 +121,13 @@ class RuntimeRoutes:
     def __init__(self, service: RuntimeService) -> None:
         self.service = service
         self.table: dict[str, dict[str, Handler]] = {
-            "/init": {"POST": self.init},
-            "/run": {"POST": self.run},
-            "/": {"POST": self.single_entrypoint},
-            "/ready": {"GET": self.ready},
-            "/health": {"GET": self.health},
-            "/export": {"POST": self.export},
-            "/prefill": {"POST": self.prefill},
+            INIT_PATH: {"POST": self.init},
+            RUN_PATH: {"POST": self.run},
+            KNATIVE_PATH: {"POST": self.single_entrypoint},
+            READY_PATH: {"GET": self.ready},
+            HEALTH_PATH: {"GET": self.health},
+            EXPORT_PATH: {"POST": self.export},
+            PREFILL_PATH: {"POST": self.prefill},
         }
 
     def handle(self, method: str, path: str, body: bytes) -> HttpReply:
@@ -110,13 +138,13 @@ class RuntimeRoutes:
                 raise NotFoundError(f"no route {path}")
             handler = methods.get(method)
             if handler is None:
-                return json_reply({"error": f"Method {method} not allowed on {path}.", "http_status": 405}, 405)
+                return error_reply(RequestError(f"Method {method} not allowed on {path}."), 405)
             return handler(body)
         except FaasLLMError as exc:
-            return json_reply(error_body(exc), exc.http_status)
+            return error_reply(exc)
         except Exception:
             log.exception("%s %s failed", method, path)
-            return json_reply(error_body(InternalError()), 500)
+            return error_reply(InternalError())
 
     # --- the routes ----------------------------------------------------------------------
     def init(self, body: bytes) -> HttpReply:

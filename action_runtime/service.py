@@ -1,7 +1,8 @@
 """The runtime's logic, free of HTTP: initialise once, run activations, export and prefill runs.
 
-Routes in :mod:`action_runtime.app` parse nothing and decide nothing; they call this service,
-which returns a :class:`Reply` (status and JSON body) or a :class:`Stream` of events.
+The routes (:mod:`action_runtime.routes`) parse nothing and decide nothing; they call this service,
+which validates each body with the contract's models (:mod:`faas_llm.runtime_protocol`) and returns
+a :class:`Reply` (status and JSON body) or a :class:`Stream` of the contract's events.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,8 +22,7 @@ from action_runtime.control import RunControl, RunRegistry
 from action_runtime.engine import Engine, GenerationResult, PreparedRun, TextEvent
 from action_runtime.handler import Handler, call_handler, compile_handler
 from action_runtime.loading import LoadedModel, ModelSource, ModelSpec, load_model
-from action_runtime.protocol import ExportRequest, InitRequest, InitValue, PrefillRequest, RunRequest
-from action_runtime.responses import encode_result, error_body, run_error_status
+from action_runtime.responses import encode_result, run_error_status
 from action_runtime.threads import intra_op_threads, lean_forward_wanted, parameter_count
 from faas_llm.errors import (
     ConflictError,
@@ -34,6 +34,23 @@ from faas_llm.errors import (
 )
 from faas_llm.gcfreeze import freeze_long_lived
 from faas_llm.genparams import GenerationParams, parse_generation_params
+from faas_llm.runtime_protocol import (
+    ExportReply,
+    ExportRequest,
+    ExportSnapshot,
+    HealthReply,
+    InitReply,
+    InitRequest,
+    InitValue,
+    PrefillReply,
+    PrefillRequest,
+    RunRequest,
+    error_body,
+    error_event,
+    result_event,
+    text_event,
+    token_event,
+)
 from faas_llm.settings import Settings
 from faas_llm.types import LoadTier, new_activation_id, parse
 
@@ -61,16 +78,6 @@ class Stream:
     events: Iterator[dict[str, Any]]
 
 
-@dataclass
-class InitInfo:
-    model: str
-    tier: LoadTier
-    load_s: float
-    init_s: float
-    source: str
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
 def model_spec(value: InitValue) -> ModelSpec:
     try:
         return ModelSpec(model=value.model, checkpoint=value.checkpoint)
@@ -95,7 +102,7 @@ class RuntimeService:
         self._state: State = "prewarmed"
         self._engine: Engine | None = None
         self._handler: Handler | None = None
-        self._info: InitInfo | None = None
+        self._info: InitReply | None = None
         self._cold = True
         self._init_error: str | None = None
 
@@ -105,13 +112,11 @@ class RuntimeService:
         return self._state == "ready"
 
     def health(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"state": self._state, "prewarm_s": self.prewarm_s, "in_flight": len(self.runs)}
-        if self._info is not None:
-            out.update(model=self._info.model, load_tier=self._info.tier.value, load_s=self._info.load_s,
-                       init_s=self._info.init_s, source=self._info.source)
-        if self._init_error is not None:
-            out["init_error"] = self._init_error
-        return out
+        """A :class:`HealthReply`."""
+        info = self._info.model_dump(exclude={"ok"}) if self._info is not None else {}
+        reply = HealthReply(state=self._state, prewarm_s=self.prewarm_s, in_flight=len(self.runs),
+                            init_error=self._init_error, **info)
+        return reply.model_dump(mode="json", exclude_none=True)
 
     def init(self, body: Any) -> dict[str, Any]:
         value = parse(InitRequest, body).value
@@ -133,8 +138,7 @@ class RuntimeService:
         self._init_error = None
         self._state = "ready"
         freeze_long_lived("the runtime's model")  # the model, tokenizer and engine live as long as the process
-        return {"ok": True, "model": info.model, "load_tier": info.tier.value, "load_s": info.load_s,
-                "init_s": info.init_s, "source": info.source}
+        return info.model_dump(mode="json")
 
     def close(self) -> None:
         """Give back the model's cache-agent lease, if any (the runtime is going away; no run after this)."""
@@ -148,7 +152,7 @@ class RuntimeService:
         except FaasLLMError as exc:
             log.error("initialising from runtime_model=%r failed: %s", self.settings.runtime_model, exc.message)
 
-    def _initialise(self, value: InitValue) -> InitInfo:
+    def _initialise(self, value: InitValue) -> InitReply:
         started = time.perf_counter()
         if value.binary:
             raise InitError("binary (zip) actions are not supported: send the handler as source code")
@@ -167,8 +171,8 @@ class RuntimeService:
             loaded.close()  # a failed init gives its lease back at once
             raise
         self._engine, self._handler = engine, handler
-        self._info = InitInfo(model=loaded.name, tier=loaded.tier, load_s=loaded.load_s,
-                              init_s=time.perf_counter() - started, source=loaded.source, detail=loaded.detail)
+        self._info = InitReply(model=loaded.name, load_tier=loaded.tier, load_s=loaded.load_s,
+                               init_s=time.perf_counter() - started, source=loaded.source)
         log.info("initialised %s from %s (%s) in %.2f s", loaded.name, loaded.tier.value, loaded.source,
                  self._info.init_s)
         return self._info
@@ -195,7 +199,8 @@ class RuntimeService:
         with self._lock:
             cold, self._cold = self._cold, False
         if cold:
-            return {"cold_start": True, "load_tier": info.tier.value, "load_s": info.load_s, "init_s": info.init_s}
+            return {"cold_start": True, "load_tier": info.load_tier.value, "load_s": info.load_s,
+                    "init_s": info.init_s}
         return {"cold_start": False, "load_tier": LoadTier.WARM.value, "load_s": 0.0, "init_s": 0.0}
 
     # --- runs ------------------------------------------------------------------------
@@ -258,19 +263,19 @@ class RuntimeService:
         try:
             for item in engine.generate(prepared, control):
                 if isinstance(item, TextEvent):
-                    if item.token_id is None:
-                        yield {"type": "text", "text": item.text}
+                    if item.token_id is not None and item.index is not None:
+                        yield token_event(item.index, item.token_id, item.text)
                     else:
-                        yield {"type": "token", "index": item.index, "token_id": item.token_id, "text": item.text}
+                        yield text_event(item.text)
                 else:
                     result = self._result(engine, item)
                     encode_result(result, self.settings.max_result_bytes)
-                    yield {"type": "result", "result": result}
+                    yield result_event(result)
         except FaasLLMError as exc:
-            yield {"type": "error", "error": error_body(exc)}
+            yield error_event(exc)
         except Exception as exc:
             log.exception("streamed run failed")
-            yield {"type": "error", "error": error_body(DeveloperError(f"The action failed: {exc}"))}
+            yield error_event(DeveloperError(f"The action failed: {exc}"))
         finally:
             stack.close()
             end_activation()
@@ -289,19 +294,21 @@ class RuntimeService:
         control = self.runs.get(request.activation_id)
         if not request.stop:
             snapshot = control.snapshot()
-            return {"activation_id": request.activation_id, "prompt_ids": control.prompt_ids,
-                    "generated_ids": snapshot.generated_ids, "finished": snapshot.finished}
+            return ExportSnapshot.model_construct(activation_id=request.activation_id, prompt_ids=control.prompt_ids,
+                                                  generated_ids=snapshot.generated_ids,
+                                                  finished=snapshot.finished).model_dump()
         control.request_stop(request.at_tokens)
         state = control.wait_exported(request.wait_s)
         if state is None:
             raise ConflictError(f"run {request.activation_id} ended before it could be exported")
-        return {"activation_id": request.activation_id, "state": state.model_dump()}
+        return ExportReply(activation_id=request.activation_id, state=state).model_dump()
 
     def prefill(self, body: Any) -> dict[str, Any]:
         request = parse(PrefillRequest, body)
         started = time.perf_counter()
         cached = self.engine().prefill(request.session, request.token_ids)
-        return {"session": request.session, "cached_tokens": cached, "seconds": time.perf_counter() - started}
+        return PrefillReply(session=request.session, cached_tokens=cached,
+                            seconds=time.perf_counter() - started).model_dump()
 
 
 class _LLMFacade:

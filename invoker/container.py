@@ -7,9 +7,9 @@ import time
 from dataclasses import dataclass
 
 from faas_llm.pool_policy import ContainerView, check_transition, state_for
+from faas_llm.runtime_protocol import InitReply
 from faas_llm.types import Action, ContainerInfo, ContainerState, LoadTier
 from invoker.factory import RuntimeHandle
-from invoker.runtime_client import InitInfo
 
 S = ContainerState
 
@@ -36,7 +36,7 @@ class Container:
         self.memory_mb = memory_mb
         self.active = 0
         self.last_used = time.monotonic()
-        self.init_info: InitInfo | None = None
+        self.init_info: InitReply | None = None
         self.init_ms: int | None = None
         self._cold_pending = True
         self.prewarmed = action is None

@@ -36,6 +36,7 @@ from faas_llm import migration
 from faas_llm.activations import ActivationStore
 from faas_llm.errors import ActivationStatus, DeveloperError
 from faas_llm.keys import Keys
+from faas_llm.runtime_protocol import run_body
 from faas_llm.settings import Settings
 from faas_llm.thread_redis import ThreadRedis
 from faas_llm.types import ActivationRecord, Invocation, Limits, LoadTier, now_ms
@@ -58,15 +59,6 @@ def _max_tokens(params: Mapping[str, Any]) -> int:
     """The run's token budget as the caller gave it (the runtime's default 16 otherwise; 0: not a number)."""
     value = params.get("max_tokens", 16)
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def run_body(inv: Invocation, value: dict[str, Any]) -> dict[str, Any]:
-    """The ``/run`` request body of ``inv`` with the action's input ``value``."""
-    return {
-        "value": value, "namespace": inv.namespace, "action_name": inv.action,
-        "action_version": inv.action_version, "activation_id": inv.activation_id,
-        "transaction_id": inv.transaction_id, "deadline": str(inv.deadline_ms),
-    }
 
 
 class SourceSlot:
@@ -273,7 +265,9 @@ class Dispatcher:
         if job.collect_logs:
             container.handle.logs.clear()
         value = self._stream_tokens(job, dict(inv.params)) if inv.stream else dict(inv.params)
-        job.body = run_body(inv, value)
+        job.body = run_body(value, namespace=inv.namespace, action_name=inv.action, action_version=inv.action_version,
+                            activation_id=inv.activation_id, transaction_id=inv.transaction_id,
+                            deadline_ms=inv.deadline_ms)
         return job
 
     def _stream_tokens(self, job: RunState, value: dict[str, Any]) -> dict[str, Any]:
@@ -362,7 +356,7 @@ class Dispatcher:
             done.update(finish_reason=result.get("finish_reason"), usage=result.get("usage"))
         else:
             done.update(finish_reason="error", error=result.get("error"))
-            if "http_status" in result:  # the client's mistake (e.g. a prompt too long): see runtime_client.classify
+            if "http_status" in result:  # the client's mistake (e.g. a prompt too long): see runtime_protocol.classify
                 done["http_status"] = result["http_status"]
         self.store.append_tokens(job.inv.activation_id, done)
 

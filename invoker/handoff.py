@@ -13,8 +13,10 @@ from typing import Any, Protocol
 
 from faas_llm import slot_lease
 from faas_llm.errors import ActivationStatus
+from faas_llm.genparams import GenerationState
 from faas_llm.keys import Keys
 from faas_llm.migration import ABORTED, FAILED, FELL_BACK, HANDING_OFF, RESUMED, RunningRun, register_run
+from faas_llm.runtime_protocol import migrated_state, resume_value, with_value
 from faas_llm.types import ActivationRecord, KeyValue, now_ms
 
 log = logging.getLogger(__name__)
@@ -78,12 +80,14 @@ class Handoff:
         return record
 
 
-def _migrated_state(outcome: RunOutcomeLike) -> dict[str, Any] | None:
-    result = outcome.result
-    if outcome.status is ActivationStatus.SUCCESS and isinstance(result, dict) \
-            and result.get("finish_reason") == "migrated" and isinstance(result.get("state"), dict):
-        return dict(result["state"])
-    return None
+def _migrated_state(outcome: RunOutcomeLike) -> GenerationState | None:
+    if outcome.status is not ActivationStatus.SUCCESS:
+        return None
+    try:
+        return migrated_state(outcome.result)
+    except ValueError as exc:  # a runtime bug: the result (the text so far) stands rather than nothing
+        log.error("a run ended migrated with a state that is not one (%s); its result stands", exc)
+        return None
 
 
 def _last_stream_ms(r: Any, keys: Keys, activation_id: str) -> int | None:
@@ -147,13 +151,12 @@ class _Continuation:
         self.info: dict[str, Any] = {"from": source.node, "rounds": 0}
         self.released = False
 
-    def follow(self, outcome: RunOutcomeLike, state: dict[str, Any] | None) -> Handoff | None:
+    def follow(self, outcome: RunOutcomeLike, state: GenerationState | None) -> Handoff | None:
         while state is not None:
             plan = self.r.hgetall(self.plan_key)
             if plan.get("phase") == HANDING_OFF and plan.get("dest_url"):
                 outcome = self._hand_off(plan, state)
-            elif plan.get("phase") in (ABORTED, FAILED) and state.get("generated_ids") is not None \
-                    and len(self.nodes) == 1:
+            elif plan.get("phase") in (ABORTED, FAILED) and len(self.nodes) == 1:
                 # stopped by a migration that then gave up: the run goes on here (never lost)
                 self.info.update(fell_back=True, reason=plan.get("reason") or plan.get("phase"), to=self.source.node)
                 outcome = self._resume_on_source(state)
@@ -169,7 +172,7 @@ class _Continuation:
             self.released = True
             self.slots.release_source()
 
-    def _hand_off(self, plan: dict[str, Any], state: dict[str, Any]) -> RunOutcomeLike:
+    def _hand_off(self, plan: dict[str, Any], state: GenerationState) -> RunOutcomeLike:
         """Resume on the destination the plan names; if it fails, on the source's node."""
         self._release_source()
         dest = plan["destination"]
@@ -190,39 +193,38 @@ class _Continuation:
             return outcome
         return self._destination_failed(dest, state, track, error)
 
-    def _run_on_destination(self, plan: dict[str, Any], state: dict[str, Any], lease: slot_lease.SlotLease | None,
+    def _run_on_destination(self, plan: dict[str, Any], state: GenerationState, lease: slot_lease.SlotLease | None,
                             track: _Tracker) -> tuple[RunOutcomeLike | None, str | None]:
         """``/run`` on the destination's prefilled session, holding its slot lease: the outcome and the error."""
         dest, dest_url = plan["destination"], plan["dest_url"]
-        value = {"resume": state, "prefill_session": plan.get("session") or self.aid, "stream": True}
+        value = resume_value(state, plan.get("session") or self.aid)
         register_run(self.r, self.keys, self.source.model_copy(update={"node": dest, "url": dest_url,
                                                                         "container": "migrated"}),
                      moved_from=self.source.node)
         try:
             with self.slots.hold(lease):
-                outcome = self.run(dest_url, {**self.body, "value": value}, track)
+                outcome = self.run(dest_url, with_value(self.body, value), track)
         except Exception as exc:  # the destination died or cannot be reached
             return None, f"{type(exc).__name__}: {exc}"
         return outcome, None if outcome.status is ActivationStatus.SUCCESS else str(outcome.result)
 
-    def _destination_failed(self, dest: str, state: dict[str, Any], track: _Tracker, error: str | None
+    def _destination_failed(self, dest: str, state: GenerationState, track: _Tracker, error: str | None
                             ) -> RunOutcomeLike:
         """Resume on the source's node from every token made so far (none is made twice)."""
         log.warning("migration of %s to %s failed (%s); continuing on %s", self.aid, dest, error, self.source.node)
-        resumed = {**state, "generated_ids": list(state.get("generated_ids") or []) + track.tokens,
-                   "emitted_chars": int(state.get("emitted_chars") or 0) + track.chars}
+        resumed = state.model_copy(update={"generated_ids": state.generated_ids + track.tokens,
+                                           "emitted_chars": state.emitted_chars + track.chars})
         self.r.hset(self.plan_key, mapping={"phase": FELL_BACK, "reason": error or "", "fell_back_ms": now_ms()})
         self.info.update(fell_back=True, reason=error, to=self.source.node)
         if track.tokens:
             self.nodes.append(dest)
         return self._resume_on_source(resumed, moved_from=dest)
 
-    def _resume_on_source(self, state: dict[str, Any], moved_from: str | None = None) -> RunOutcomeLike:
+    def _resume_on_source(self, state: GenerationState, moved_from: str | None = None) -> RunOutcomeLike:
         """Resume ``state`` on a slot of the source's node (its own container while it is there)."""
         self._release_source()
         self.nodes.append(self.source.node)
         with self.slots.fallback(self.source) as url:
             register_run(self.r, self.keys, self.source.model_copy(update={"url": url}), moved_from=moved_from)
-            value = {"resume": state, "stream": True}
             sink = self.sink if self.sink is not None else (lambda _c: None)
-            return self.run(url, {**self.body, "value": value}, sink)
+            return self.run(url, with_value(self.body, resume_value(state)), sink)

@@ -26,6 +26,7 @@ from typing import Any
 import requests
 
 from faas_llm import migration
+from faas_llm.errors import FaasLLMError
 from faas_llm.keys import Keys
 from faas_llm.migration_policy import (
     Destination,
@@ -39,6 +40,7 @@ from faas_llm.migration_policy import (
     remaining_s,
 )
 from faas_llm.placement import Decision, NodeView, PlacementRequest, load_estimate, views_from_reports
+from faas_llm.runtime_protocol import EXPORT_PATH, ExportSnapshot, export_body, read_reply
 from faas_llm.settings import Settings
 from faas_llm.types import Action, CacheInventory, NodeReport, now_ms
 from invoker import streams
@@ -179,8 +181,8 @@ class MigrationPlacer:
             snap = self._snapshot(run)
             if snap is None:
                 continue
-            generated = len(snap.get("generated_ids") or [])
-            tokens = len(snap.get("prompt_ids") or []) + generated
+            generated = len(snap.generated_ids)
+            tokens = len(snap.prompt_ids) + generated
             elapsed = max(0.0, (now_ms() - run.started_ms) / 1000) if run.started_ms else 0.0
             dests = self._destinations(run, reports, inventories)  # none: it can only be waited for
             out[aid] = (run, RunningInference(
@@ -190,16 +192,15 @@ class MigrationPlacer:
                 memory_mb=memory.get(run.url, 0), destinations=dests))
         return out
 
-    def _snapshot(self, run: migration.RunningRun) -> dict[str, Any] | None:
+    def _snapshot(self, run: migration.RunningRun) -> ExportSnapshot | None:
+        """The run's tokens so far; ``None`` when it ended or its runtime does not say."""
         try:
-            resp = self.http.post(f"{run.url}/export", json={"activation_id": run.activation_id, "stop": False},
+            resp = self.http.post(f"{run.url}{EXPORT_PATH}", json=export_body(run.activation_id, stop=False),
                                   timeout=SNAPSHOT_TIMEOUT_S)
-        except requests.RequestException:
+            snap = read_reply(ExportSnapshot, EXPORT_PATH, resp.status_code, resp.json())
+        except (requests.RequestException, ValueError, FaasLLMError):
             return None
-        if resp.status_code != 200:
-            return None
-        data = resp.json()
-        return None if not isinstance(data, dict) or data.get("finished") else data
+        return None if snap.finished else snap
 
     def _destinations(self, run: migration.RunningRun, reports: Sequence[NodeReport],
                       inventories: Mapping[str, CacheInventory]) -> tuple[Destination, ...]:

@@ -15,10 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from faas_llm.errors import FaasLLMError, InitError
 from faas_llm.pool_policy import Outcome, PoolCapacity, choose, keep_alive_removals, prewarm_deficit
+from faas_llm.runtime_protocol import init_body
 from faas_llm.settings import Settings
 from faas_llm.types import Action, ContainerInfo, ContainerState, now_ms
 from invoker import runtime_client
@@ -163,11 +163,11 @@ class ContainerPool:
         if container.handle is None or container.state is S.REMOVING:
             self._forget(container)
             return
-        value: dict[str, Any] = {"name": action.name, "main": action.exec.main, "code": action.exec.code,
-                 "binary": action.exec.binary, "env": {}, "model": action.exec.model}
+        body = init_body(name=action.name, main=action.exec.main, code=action.exec.code, binary=action.exec.binary,
+                         model=action.exec.model)
         started = time.monotonic()
         try:
-            info = runtime_client.init(container.handle.url, value, self.settings.runtime_start_timeout_s)
+            info = runtime_client.init(container.handle.url, body, self.settings.runtime_start_timeout_s)
         except (FaasLLMError, runtime_client.RuntimeGone) as exc:
             error = exc if isinstance(exc, FaasLLMError) else InitError(f"The action failed to initialize: {exc}")
             log.error("init of %s/%s in %s failed: %s", action.namespace, action.name, container.id, error.message)

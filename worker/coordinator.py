@@ -8,12 +8,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
+from pydantic import BaseModel
 
 from faas_llm import slot_lease, starts
-from faas_llm.errors import ConflictError, NoCapacityError, NotFoundError
+from faas_llm.errors import ConflictError, FaasLLMError, NoCapacityError, NotFoundError
 from faas_llm.keys import Keys
 from faas_llm.migration import (
     ABORTED,
@@ -29,10 +30,21 @@ from faas_llm.migration import (
     running,
     running_on,
 )
+from faas_llm.runtime_protocol import (
+    EXPORT_PATH,
+    PREFILL_PATH,
+    ExportReply,
+    ExportSnapshot,
+    PrefillReply,
+    export_body,
+    prefill_body,
+    read_reply,
+)
 from faas_llm.settings import Settings
 from faas_llm.types import NodeReport, now_ms
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass
@@ -58,16 +70,10 @@ class Coordinator:
         self.http = http or requests.Session()
 
     # --- HTTP to runtimes ------------------------------------------------------------------
-    def _post(self, url: str, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    def _post(self, url: str, path: str, body: dict[str, Any], reply: type[M], timeout_s: float) -> M:
+        """``body`` to ``path`` of the runtime at ``url``; its reply (errors: :func:`read_reply`)."""
         resp = self.http.post(f"{url}{path}", json=body, timeout=timeout_s)
-        data = resp.json() if resp.content else {}
-        if resp.status_code == 404:
-            raise NotFoundError(str(data.get("error")))
-        if resp.status_code == 409:
-            raise ConflictError(str(data.get("error")))
-        if resp.status_code != 200:
-            raise NoCapacityError(f"{path} on {url} answered {resp.status_code}: {data.get('error')}")
-        return dict(data)
+        return read_reply(reply, f"{path} on {url}", resp.status_code, resp.json() if resp.content else None)
 
     # --- destination ------------------------------------------------------------------------
     def reports(self) -> list[NodeReport]:
@@ -135,13 +141,10 @@ class Coordinator:
                 self.settings), wait_s=min(60.0, max(1.0, (run.deadline_ms - now_ms()) / 1000)))
             self._set(aid, phase=HANDING_OFF, dest_url=dest_url, rounds=out.rounds, gap=out.gap,
                       lease=slot_lease.encode(lease))
-            export: dict[str, Any] = {"activation_id": aid, "stop": True, "wait_s": 30.0}
-            if stop_at is not None:
-                export["at_tokens"] = stop_at
-            self._post(run.url, "/export", export, 40.0)
+            self._post(run.url, EXPORT_PATH, export_body(aid, at_tokens=stop_at), ExportReply, 40.0)
         except (ConflictError, NotFoundError) as exc:
             out.phase, out.reason = ABORTED, f"the source finished first ({exc.message})"
-        except NoCapacityError as exc:
+        except FaasLLMError as exc:  # no capacity, or a runtime that failed or broke the protocol
             out.phase, out.reason = FAILED, exc.message
         except (requests.RequestException, ValueError) as exc:
             out.phase, out.reason = FAILED, f"{type(exc).__name__}: {exc}"
@@ -163,25 +166,25 @@ class Coordinator:
         gap = 0
         while rounds < MAX_ROUNDS:
             snap = self._snapshot(run, aid)
-            if snap.get("finished"):
+            if snap.finished:
                 raise ConflictError("the run finished")
-            generated = list(snap["generated_ids"])
+            generated = snap.generated_ids
             gap = len(generated) - prefilled
             if prefilled >= 0 and gap <= gap_limit:
                 break
-            self._post(dest_url, "/prefill", {"session": aid, "token_ids": list(snap["prompt_ids"]) + generated}, 120.0)
+            self._post(dest_url, PREFILL_PATH, prefill_body(aid, snap.prompt_ids + generated), PrefillReply, 120.0)
             prefilled = len(generated)
             rounds += 1
             self._set(aid, rounds=rounds, prefilled=prefilled)
         return rounds, max(0, gap)
 
-    def _snapshot(self, run: RunningRun, aid: str, settle_s: float = 5.0) -> dict[str, Any]:
+    def _snapshot(self, run: RunningRun, aid: str, settle_s: float = 5.0) -> ExportSnapshot:
         """The source's tokens so far (the run is registered just before its ``/run`` arrives: retry a
         moment on 404 while no record exists)."""
         deadline = time.monotonic() + settle_s
         while True:
             try:
-                return self._post(run.url, "/export", {"activation_id": aid, "stop": False}, 30.0)
+                return self._post(run.url, EXPORT_PATH, export_body(aid, stop=False), ExportSnapshot, 30.0)
             except NotFoundError:
                 if time.monotonic() > deadline or self.r.get(self.keys.activation(aid)):
                     raise

@@ -14,6 +14,17 @@ from typing import Any
 
 import pytest
 
+from faas_llm.runtime_protocol import (
+    EXPORT_PATH,
+    PREFILL_PATH,
+    ExportReply,
+    ExportSnapshot,
+    PrefillReply,
+    export_body,
+    migrated_state,
+    prefill_body,
+    resume_value,
+)
 from faas_llm.settings import Settings
 from tests.action_runtime.conftest import RuntimeProcess
 
@@ -90,25 +101,29 @@ def test_live_migration_in_rounds(pair: tuple[RuntimeProcess, RuntimeProcess]) -
     reader.start()
     assert got_some.wait(60)
     rounds = []
-    for _ in range(2):
-        snapshot = a.post("/export", {"activation_id": activation, "stop": False})
+    for _ in range(2):  # as the coordinator drives it, with the contract's bodies and replies
+        snapshot = a.post(EXPORT_PATH, export_body(activation, stop=False))
         if snapshot.status_code != 200:
             break  # already handed over at the backstop
-        tokens = snapshot.json()["prompt_ids"] + snapshot.json()["generated_ids"]
-        rounds.append(b.post("/prefill", {"session": activation, "token_ids": tokens}).json()["cached_tokens"])
-    stop = a.post("/export", {"activation_id": activation})
+        snap = ExportSnapshot.model_validate(snapshot.json())
+        prefilled = b.post(PREFILL_PATH, prefill_body(activation, snap.prompt_ids + snap.generated_ids))
+        rounds.append(PrefillReply.model_validate(prefilled.json()).cached_tokens)
+    stop = a.post(EXPORT_PATH, export_body(activation))
     reader.join(60)
     assert events[-1]["type"] == "result" and events[-1]["result"]["finish_reason"] == "migrated"
-    state = events[-1]["result"]["state"]
+    handed = migrated_state(events[-1]["result"])
+    assert handed is not None
+    state = handed.model_dump()
     if stop.status_code == 200:
-        assert stop.json()["state"] == state
+        assert ExportReply.model_validate(stop.json()).state == handed
     else:
         assert stop.status_code == 404  # the backstop won the race: the run was gone already
     assert rounds == sorted(rounds)
-    k = len(state["generated_ids"])
+    k = len(handed.generated_ids)
     print(f"handed over after {k} tokens, prefill rounds {rounds}")
     assert state["generated_ids"] == whole["token_ids"][:k]
-    more = list(b.stream({"resume": state, "prefill_session": activation}))
+    resume = resume_value(handed, activation)
+    more = list(b.stream({k: v for k, v in resume.items() if k != "stream"}))
     result = more[-1]["result"]
     assert result["token_ids"] == whole["token_ids"]
     streamed = "".join(e["text"] for e in events[:-1] + more[:-1])

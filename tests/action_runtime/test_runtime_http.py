@@ -16,6 +16,7 @@ import requests
 import torch
 
 from action_runtime.activation_env import SENTINEL
+from faas_llm.runtime_protocol import ErrorBody, HealthReply, InitReply, ResultEvent, RunResult, read_event
 from faas_llm.settings import Settings
 from tests.action_runtime.conftest import RuntimeProcess, start_runtime
 
@@ -77,11 +78,14 @@ def test_ready_only_after_one_init(started: Started, tiny_model_dir: Path) -> No
     assert health["state"] == "prewarmed" and health["prewarm_s"] > 0  # torch/transformers imported before /init
     assert started.ready_before.status_code == 503
     assert started.init.status_code == 200, started.init.text
-    assert started.init.json()["load_tier"] == "local" and started.init.json()["model"] == tiny_model_dir.name
+    init = InitReply.model_validate(started.init.json())
+    assert init.load_tier == "local" and init.model == tiny_model_dir.name and init.source == "hf"
     assert started.ready_after.status_code == 200
     assert started.init_again.status_code == 403
-    assert started.init_again.json()["error"] == "Cannot initialize the action more than once."
-    assert started.runtime.get("/health").json()["state"] == "ready"
+    assert ErrorBody.model_validate(started.init_again.json()).error == "Cannot initialize the action more than once."
+    assert HealthReply.model_validate(health).model is None
+    after = HealthReply.model_validate(started.runtime.get("/health").json())
+    assert after.state == "ready" and after.model == init.model and after.load_tier == init.load_tier
 
 
 def test_greedy_run_equals_transformers_generate(runtime: RuntimeProcess, hf_model: Any) -> None:
@@ -99,6 +103,7 @@ def test_greedy_run_equals_transformers_generate(runtime: RuntimeProcess, hf_mod
     assert timings["tokens_per_s"] > 0 and 0 < timings["ttft_s"] <= timings["total_s"]
     again = runtime.run({"prompt": PROMPT, "max_tokens": 24, "temperature": 0}).json()
     assert again["token_ids"] == result["token_ids"]  # greedy is deterministic
+    assert RunResult.model_validate(again).timings.load_tier == "warm"  # the contract's shape
     assert again["timings"]["load_tier"] == "warm" and again["timings"]["cold_start"] is False
 
 
@@ -125,6 +130,8 @@ def test_streaming_delivers_each_token_then_the_result(runtime: RuntimeProcess) 
     assert [e["token_id"] for e in tokens] == plain["token_ids"]
     assert [e["index"] for e in tokens] == list(range(30))
     assert events[-1]["type"] == "result"
+    typed = [read_event(json.dumps(e).encode()) for e in events]  # each line is one of the contract's events
+    assert isinstance(typed[-1], ResultEvent) and RunResult.model_validate(typed[-1].result).finish_reason == "length"
     result = events[-1]["result"]
     assert result["token_ids"] == plain["token_ids"]
     assert "".join(e["text"] for e in events[:-1]) == result["text"] == plain["text"]

@@ -12,8 +12,7 @@ from action_runtime.control import RunControl, RunRegistry
 from action_runtime.handler import call_handler, compile_handler
 from action_runtime.loading import ModelSpec, load_model, resolve
 from action_runtime.prefill import PrefillSessions, PrefillState
-from action_runtime.protocol import RunRequest
-from action_runtime.responses import encode_result, error_body, run_error_status
+from action_runtime.responses import encode_result, run_error_status
 from action_runtime.sampling import choose_token, step_seed, top_p_filter
 from action_runtime.server import server_options
 from action_runtime.service import spec_from_setting
@@ -30,6 +29,7 @@ from faas_llm.errors import (
 )
 from faas_llm.genparams import GenerationState, SamplingParams, parse_generation_params
 from faas_llm.registry.local import FileRegistry
+from faas_llm.runtime_protocol import RunRequest, error_body
 from faas_llm.settings import Settings
 from faas_llm.types import LoadTier, parse
 

@@ -8,7 +8,7 @@ arrive as invocation params (usually as action default parameters):
 
 - ``_fail``: ``application`` | ``developer`` | ``internal`` -> an unsuccessful record; ``request``
   -> the application error a runtime reports for a prompt longer than the model's context, classified
-  by the invoker's own :func:`invoker.runtime_client.classify` (with its stream's last chunk)
+  by :func:`faas_llm.runtime_protocol.classify` as the invoker does (with its stream's last chunk)
 - ``_delay_ms``: wait this long before completing
 - ``_gate``: wait, after the first token, until the test calls :meth:`open_gate` with this name
 """
@@ -24,8 +24,8 @@ import redis
 from faas_llm.activations import ActivationStore
 from faas_llm.errors import ActivationStatus
 from faas_llm.keys import Keys
+from faas_llm.runtime_protocol import classify
 from faas_llm.types import ActivationRecord, ActivationResponse, Invocation, KeyValue, now_ms
-from invoker.runtime_client import classify
 
 TOO_LONG = "the prompt has 1200 tokens; the model's context is 512 tokens, which leaves no room to generate"
 #: Redis stopped, killed or still loading (the gateway's outage tests)

@@ -12,6 +12,7 @@ import pytest
 
 from action_runtime.httpserver import HttpServer
 from action_runtime.routes import HttpReply, json_reply
+from faas_llm.runtime_protocol import result_event, token_event
 from invoker import keepalive, runtime_client
 from invoker.runtime_client import RunOutcome
 
@@ -27,8 +28,8 @@ def server() -> Iterator[tuple[str, list[tuple[str, str, bytes]], list[int]]]:
         if target == "/run":
             return json_reply({"echo": json.loads(body), "big": "x" * 100_000})
         if target == "/stream":
-            lines = [json.dumps({"type": "token", "token_id": i, "text": f"t{i}"}).encode() + b"\n" for i in range(3)]
-            lines.append(json.dumps({"type": "result", "result": {"text": "t0t1t2"}}).encode() + b"\n")
+            lines = [json.dumps(token_event(i, i, f"t{i}")).encode() + b"\n" for i in range(3)]
+            lines.append(json.dumps(result_event({"text": "t0t1t2"})).encode() + b"\n")
             # a line split over two chunks, as a server may write it
             return HttpReply(200, iter([lines[0][:5], lines[0][5:], *lines[1:]]), content_type="application/x-ndjson")
         return json_reply({"error": "nope"}, 404)

@@ -8,12 +8,12 @@ import time
 import pytest
 
 from faas_llm.errors import ActivationStatus
+from faas_llm.runtime_protocol import classify
 from faas_llm.settings import Settings
 from faas_llm.types import Invocation, Limits, LoadTier, new_activation_id
 from invoker.docker_factory import INSIDE_PORT, container_spec
 from invoker.logs import SENTINEL, LogCollector
 from invoker.records import RunFacts, build_record, failure_record, runtime_ttft
-from invoker.runtime_client import classify
 
 
 def _inv(**kw: object) -> Invocation:
