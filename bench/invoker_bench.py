@@ -1,6 +1,7 @@
 """Invoker: end-to-end latency of an invocation through a real invoker (queue -> container -> record).
 
-    .venv/bin/python -m bench.invoker_bench [--model-dir DIR] [--repeats 3] [--warm 20] [--json PATH]
+    .venv/bin/python -m bench.invoker_bench [--model-dir DIR] [--repeats 3] [--warm 20] [--cases cold,warm]
+        [--json PATH]
 
 Cases, each measured from ``ActivationStore.submit`` to the stored record (what a blocking
 invoke waits for), with one invoker process-factory node on a real Redis:
@@ -9,7 +10,11 @@ invoke waits for), with one invoker process-factory node on a real Redis:
   loads the model, the run;
 - ``cold, prewarmed``: the same with a prewarmed runtime ready (boot already paid);
 - ``warm``: a warm container pulls the invocation (XREADGROUP) and runs it; ``overhead`` is the
-  latency minus the runtime's own generation time (``result.timings.total_s``).
+  latency minus the runtime's own generation time (``result.timings.total_s``); ``invoker_cpu_us`` is the
+  invoker's CPU per run: this process's CPU time less its main thread's (the bench's client, which
+  submits and waits; the invoker's threads are all the others; the runtime is another process). The
+  warm case runs with the default heartbeat (1 s), so the maintenance loop's share per run is as in
+  production.
 
 Without --model-dir a tiny demo model is built in a temporary directory.
 """
@@ -109,14 +114,20 @@ def run_cold(base: Settings, prewarm: int, repeats: int) -> list[tuple[float, Ac
     return samples
 
 
-def run_warm(base: Settings, n: int) -> list[tuple[float, ActivationRecord]]:
-    settings = base.model_copy(update={"prewarm_count": 0, "node_id": "bench-warm"})
+def run_warm(base: Settings, n: int) -> tuple[list[tuple[float, ActivationRecord]], float]:
+    """``n`` warm runs: their samples and the invoker's CPU seconds per run."""
+    settings = base.model_copy(update={"prewarm_count": 0, "node_id": "bench-warm", "heartbeat_interval_s": 1.0})
     invoker = Invoker(settings).start()
     bench = Bench(settings)
     try:
         bench.action("warm", keep_alive=600.0)
         bench.invoke("warm")  # the cold start
-        return [bench.invoke("warm") for _ in range(n)]
+        for _ in range(5):  # the first warm runs: connections opened, scripts loaded
+            bench.invoke("warm")
+        cpu, client = time.process_time(), time.thread_time()
+        samples = [bench.invoke("warm") for _ in range(n)]
+        invoker_cpu = (time.process_time() - cpu) - (time.thread_time() - client)
+        return samples, invoker_cpu / max(1, n)
     finally:
         invoker.stop()
 
@@ -126,7 +137,9 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=None, help="a Hugging Face model directory")
     parser.add_argument("--repeats", type=int, default=3, help="cold starts per case")
     parser.add_argument("--warm", type=int, default=20, help="warm invocations")
+    parser.add_argument("--cases", default="cold,warm", help="which cases: cold, warm or both (comma-separated)")
     args = parser.parse_args()
+    cases = set(args.cases.split(","))
     with tempfile.TemporaryDirectory(prefix="invoker-bench-") as tmp, RedisServer() as server:
         root = Path(tmp)
         model_dir = args.model_dir
@@ -139,11 +152,13 @@ def main() -> None:
         FileRegistry(root / "registry").push(Path(model_dir), "bench-model")
         base = Settings(redis_url=server.url, data_dir=root / "data", registry_url=f"file://{root / 'registry'}",
                         heartbeat_interval_s=0.1, runtime_drain_s=1.0, loader_direct_io=False)
-        rows = [
-            _row("cold, no prewarm", run_cold(base, 0, args.repeats)),
-            _row("cold, prewarmed", run_cold(base, 1, args.repeats)),
-            _row("warm", run_warm(base, args.warm)),
-        ]
+        rows = []
+        if "cold" in cases:
+            rows += [_row("cold, no prewarm", run_cold(base, 0, args.repeats)),
+                     _row("cold, prewarmed", run_cold(base, 1, args.repeats))]
+        if "warm" in cases:
+            samples, cpu_s = run_warm(base, args.warm)
+            rows.append({**_row("warm", samples), "invoker_cpu_us": round(cpu_s * 1e6, 1)})
     print_table(rows, title=f"invoker end-to-end (model: {Path(model_dir).name})")
     write_json(args.json, rows, model=str(model_dir))
 
