@@ -1,4 +1,5 @@
-"""Real action-runtime processes (one process each, the lean HTTP/1.1 server) on free ports, driven over HTTP."""
+"""Action runtimes driven over HTTP, as the invoker drives them: real processes (``python -m action_runtime``)
+and the same server in this process (:func:`in_process`), each on a free port."""
 
 from __future__ import annotations
 
@@ -8,19 +9,69 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
 
+from action_runtime.server import RuntimeServer
 from faas_llm.redis_server import free_port
 from faas_llm.settings import Settings, child_environ
+
+if TYPE_CHECKING:
+    from action_runtime.loading import ModelSource
 
 START_TIMEOUT_S = 90.0
 
 
-class RuntimeProcess:
+class RuntimeClient:
+    """The routes of a runtime at :attr:`url`, with ``requests``."""
+
+    url: str
+
+    def post(self, path: str, body: Any, **kwargs: Any) -> requests.Response:
+        return requests.post(self.url + path, json=body, timeout=kwargs.pop("timeout", 60), **kwargs)
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(self.url + path, timeout=10)
+
+    def init(self, **value: Any) -> requests.Response:
+        return self.post("/init", {"value": value})
+
+    def run(self, value: dict[str, Any], **envelope: Any) -> requests.Response:
+        return self.post("/run", {"value": value, **envelope})
+
+    def stream(self, value: dict[str, Any], **envelope: Any) -> Iterator[dict[str, Any]]:
+        with requests.post(self.url + "/run", json={"value": {**value, "stream": True}, **envelope},
+                           stream=True, timeout=60) as response:
+            assert response.status_code == 200, response.text
+            assert response.headers["Content-Type"].startswith("application/x-ndjson")
+            for line in response.iter_lines():
+                if line:
+                    yield json.loads(line)
+
+
+class InProcessRuntime(RuntimeClient):
+    def __init__(self, server: RuntimeServer) -> None:
+        self.server = server
+        self.url = server.url
+
+
+@contextmanager
+def in_process(settings: Settings, sources: list[ModelSource] | None = None) -> Iterator[InProcessRuntime]:
+    """The runtime's own server in this process on a free loopback port (no prewarm: the test process
+    has torch already); stopped (drained, its cache-agent lease given back) at the end."""
+    local = settings.model_copy(update={"runtime_host": "127.0.0.1", "runtime_port": 0})
+    server = RuntimeServer(local, sources, do_prewarm=False).start()
+    try:
+        yield InProcessRuntime(server)
+    finally:
+        server.stop(10.0)
+
+
+class RuntimeProcess(RuntimeClient):
     """``python -m action_runtime`` with its stdout and stderr captured to files."""
 
     def __init__(self, settings: Settings, log_dir: Path) -> None:
@@ -57,27 +108,6 @@ class RuntimeProcess:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"the runtime did not come up in {START_TIMEOUT_S} s:\n{self.stderr()}")
-
-    def post(self, path: str, body: Any, **kwargs: Any) -> requests.Response:
-        return requests.post(self.url + path, json=body, timeout=kwargs.pop("timeout", 60), **kwargs)
-
-    def get(self, path: str) -> requests.Response:
-        return requests.get(self.url + path, timeout=10)
-
-    def init(self, **value: Any) -> requests.Response:
-        return self.post("/init", {"value": value})
-
-    def run(self, value: dict[str, Any], **envelope: Any) -> requests.Response:
-        return self.post("/run", {"value": value, **envelope})
-
-    def stream(self, value: dict[str, Any], **envelope: Any) -> Iterator[dict[str, Any]]:
-        with requests.post(self.url + "/run", json={"value": {**value, "stream": True}, **envelope},
-                           stream=True, timeout=60) as response:
-            assert response.status_code == 200, response.text
-            assert response.headers["Content-Type"].startswith("application/x-ndjson")
-            for line in response.iter_lines():
-                if line:
-                    yield json.loads(line)
 
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace")

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from action_runtime.app import SERVICE_KEY, create_app
 from faas_llm.cache_client import CacheClient
 from faas_llm.registry.local import FileRegistry
 from faas_llm.settings import Settings
+from tests.action_runtime.conftest import in_process
 from tests.cache_agent.conftest import AgentProcess
 
 MiB = 1024 * 1024
@@ -32,15 +32,11 @@ def tiny_checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 def init_and_run(settings: Settings, value: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Init a runtime with ``value``, run once, then close it (its cache-agent lease is given back)."""
-    app = create_app(settings, do_prewarm=False)
-    try:
-        client = app.test_client()
-        init = client.post("/init", json={"value": value})
-        assert init.status_code == 200, init.json
-        return init.json, client.post("/run", json=RUN).json
-    finally:
-        app.extensions[SERVICE_KEY].close()
+    """Init a runtime with ``value``, run once, then stop it (its cache-agent lease is given back)."""
+    with in_process(settings) as runtime:
+        init = runtime.init(**value)
+        assert init.status_code == 200, init.text
+        return init.json(), runtime.post("/run", RUN).json()
 
 
 def test_faas_llm_checkpoint_loads_with_the_loader(tmp_path: Path, tiny_model_dir: Path,

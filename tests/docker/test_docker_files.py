@@ -261,9 +261,9 @@ def test_knative_service() -> None:
     probe_path = container["readinessProbe"]["httpGet"]["path"]
     assert container["securityContext"]["runAsUser"] == 10001
 
-    from action_runtime.app import create_app
+    from action_runtime.routes import RuntimeRoutes
+    from action_runtime.service import RuntimeService
 
-    app = create_app(Settings(data_dir=Path("/nonexistent-unused")), do_prewarm=False)
-    routes = {rule.rule: rule.methods for rule in app.url_map.iter_rules()}
+    routes = RuntimeRoutes(RuntimeService(Settings(data_dir=Path("/nonexistent-unused")))).table
     assert probe_path in routes and "GET" in routes[probe_path]
     assert "POST" in routes["/"]  # Knative's single entry point
