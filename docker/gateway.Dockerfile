@@ -1,16 +1,18 @@
-# syntax=docker/dockerfile:1
 # The gateway image: OpenWhisk REST API (/api/v1) and OpenAI API (/v1) under gunicorn. No model
 # stack (torch, transformers): the gateway never loads a model, so the image stays small.
-# Build from the repository root:  docker build -f docker/gateway.Dockerfile -t faas-llm/gateway .
-ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+# Build from the repository root (BuildKit: the CA secret is optional, for a network that re-signs TLS):
+#   DOCKER_BUILDKIT=1 docker build -f docker/gateway.Dockerfile -t faas-llm/gateway \
+#       [--secret id=ca,src=/etc/ssl/certs/ca-certificates.crt] [--build-arg BASE=...] .
+# BASE: a Debian image with python3 (3.11) and its venv module; scripts/compose_e2e.sh passes one made
+# with debootstrap where no registry is reachable (docker/base-image.sh).
+ARG BASE=python:3.11.11-slim-bookworm
 
-FROM ${PYTHON_IMAGE} AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/faas-llm/bin:$PATH
+FROM ${BASE} AS build
 WORKDIR /src
-COPY docker/requirements/services.txt ./requirements.txt
-RUN python -m venv /opt/faas-llm \
- && pip install --no-cache-dir -r requirements.txt
-COPY pyproject.toml README.md ./
+COPY requirements.lock pyproject.toml README.md ./
+COPY scripts/lock_select.py ./scripts/
+COPY docker/install.sh ./docker/
+COPY docker/requirements ./docker/requirements
 COPY faas_llm ./faas_llm
 COPY gateway ./gateway
 COPY invoker ./invoker
@@ -18,11 +20,15 @@ COPY action_runtime ./action_runtime
 COPY cache_agent ./cache_agent
 COPY worker ./worker
 COPY cli ./cli
-RUN pip install --no-cache-dir --no-deps . \
- && find /opt/faas-llm -name '__pycache__' -prune -exec rm -rf {} + \
- && python -c "import gateway.__main__"
+# every package from requirements.lock, hash-checked (docker/install.sh); pip's cache in a build cache
+# mount, not in a layer
+RUN --mount=type=secret,id=ca,target=/run/secrets/ca \
+    --mount=type=cache,id=faas-llm-pip,target=/root/.cache/pip \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+ && sh docker/install.sh services \
+ && /opt/faas-llm/bin/python -c "import gateway.__main__, invoker.__main__, cache_agent.__main__, worker.__main__"
 
-FROM ${PYTHON_IMAGE}
+FROM ${BASE}
 RUN groupadd --system --gid 10001 faas \
  && useradd --system --uid 10001 --gid faas --create-home --home-dir /home/faas faas \
  && install -d -o faas -g faas /var/lib/faas-llm

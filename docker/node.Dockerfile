@@ -1,17 +1,17 @@
-# syntax=docker/dockerfile:1
 # The node image: one image for a node's invoker, cache agent and Celery worker (compose runs each
 # as its own service from this image; the command picks the role). No model stack: actions run in
 # the action runtime image, started by the invoker's Docker container factory.
-# Build from the repository root:  docker build -f docker/node.Dockerfile -t faas-llm/node .
-ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+# Build from the repository root (BuildKit: the CA secret is optional, for a network that re-signs TLS):
+#   DOCKER_BUILDKIT=1 docker build -f docker/node.Dockerfile -t faas-llm/node \
+#       [--secret id=ca,src=/etc/ssl/certs/ca-certificates.crt] [--build-arg BASE=...] .
+ARG BASE=python:3.11.11-slim-bookworm
 
-FROM ${PYTHON_IMAGE} AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/faas-llm/bin:$PATH
+FROM ${BASE} AS build
 WORKDIR /src
-COPY docker/requirements/services.txt ./requirements.txt
-RUN python -m venv /opt/faas-llm \
- && pip install --no-cache-dir -r requirements.txt
-COPY pyproject.toml README.md ./
+COPY requirements.lock pyproject.toml README.md ./
+COPY scripts/lock_select.py ./scripts/
+COPY docker/install.sh ./docker/
+COPY docker/requirements ./docker/requirements
 COPY faas_llm ./faas_llm
 COPY gateway ./gateway
 COPY invoker ./invoker
@@ -19,11 +19,15 @@ COPY action_runtime ./action_runtime
 COPY cache_agent ./cache_agent
 COPY worker ./worker
 COPY cli ./cli
-RUN pip install --no-cache-dir --no-deps . \
- && find /opt/faas-llm -name '__pycache__' -prune -exec rm -rf {} + \
- && python -c "import invoker.__main__, cache_agent.__main__"
+# every package from requirements.lock, hash-checked (docker/install.sh); pip's cache in a build cache
+# mount, not in a layer
+RUN --mount=type=secret,id=ca,target=/run/secrets/ca \
+    --mount=type=cache,id=faas-llm-pip,target=/root/.cache/pip \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+ && sh docker/install.sh services \
+ && /opt/faas-llm/bin/python -c "import gateway.__main__, invoker.__main__, cache_agent.__main__, worker.__main__"
 
-FROM ${PYTHON_IMAGE}
+FROM ${BASE}
 RUN groupadd --system --gid 10001 faas \
  && useradd --system --uid 10001 --gid faas --create-home --home-dir /home/faas faas \
  && install -d -o faas -g faas /var/lib/faas-llm

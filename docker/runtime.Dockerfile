@@ -1,19 +1,20 @@
-# syntax=docker/dockerfile:1
 # The action runtime image: the process inside every action container (OpenWhisk action protocol on
 # $PORT, Knative runtime contract). Prewarm-capable: with no FAAS_LLM_RUNTIME_MODEL it starts, imports
 # the model stack and waits for POST /init; with it, it loads that model at start (Knative).
-# Build from the repository root:  docker build -f docker/runtime.Dockerfile -t faas-llm/action-runtime .
-# CPU torch by default; for CUDA: --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124
-ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+# Build from the repository root (BuildKit: the CA secret is optional, for a network that re-signs TLS):
+#   DOCKER_BUILDKIT=1 docker build -f docker/runtime.Dockerfile -t faas-llm/action-runtime \
+#       [--secret id=ca,src=/etc/ssl/certs/ca-certificates.crt] [--build-arg BASE=...] .
+# torch is the lock's CPU build, from PyTorch's CPU index, or from docker/wheels/ when that holds the
+# wheel (no index reachable). A GPU image: --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126
+# (the lock's torch release from that index, not hash-checked: the lock holds the CPU build).
+ARG BASE=python:3.11.11-slim-bookworm
 
-FROM ${PYTHON_IMAGE} AS build
-ARG TORCH_VERSION=2.13.0
+FROM ${BASE} AS build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/faas-llm/bin:$PATH
-RUN python -m venv /opt/faas-llm \
- && pip install --no-cache-dir --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY requirements.lock pyproject.toml README.md ./
+COPY scripts/lock_select.py ./scripts/
+COPY docker/install.sh ./docker/
 COPY faas_llm ./faas_llm
 COPY gateway ./gateway
 COPY invoker ./invoker
@@ -21,11 +22,16 @@ COPY action_runtime ./action_runtime
 COPY cache_agent ./cache_agent
 COPY worker ./worker
 COPY cli ./cli
-RUN pip install --no-cache-dir . \
- && find /opt/faas-llm -name '__pycache__' -prune -exec rm -rf {} + \
- && python -c "import action_runtime.__main__"
+# every package from requirements.lock, hash-checked (docker/install.sh); pip's cache in a build cache
+# mount, not in a layer
+RUN --mount=type=secret,id=ca,target=/run/secrets/ca \
+    --mount=type=cache,id=faas-llm-pip,target=/root/.cache/pip \
+    --mount=type=bind,source=docker/wheels,target=/wheels \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+ && TORCH_INDEX="${TORCH_INDEX}" sh docker/install.sh runtime \
+ && /opt/faas-llm/bin/python -c "import action_runtime.__main__"
 
-FROM ${PYTHON_IMAGE}
+FROM ${BASE}
 RUN groupadd --system --gid 10001 faas \
  && useradd --system --uid 10001 --gid faas --create-home --home-dir /home/faas faas \
  && install -d -o faas -g faas /var/lib/faas-llm
