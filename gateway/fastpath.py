@@ -31,21 +31,28 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-def status_line(status: int) -> str:
-    """What werkzeug's ``Response`` sends for ``status`` (the reason upper-cased)."""
-    return f"{status} {HTTP_STATUS_CODES.get(status, 'UNKNOWN').upper()}"
+#: what werkzeug's ``Response`` sends for each status (the reason upper-cased)
+STATUS_LINES = {status: f"{status} {reason.upper()}" for status, reason in HTTP_STATUS_CODES.items()}
 
 
 def query_args(query_string: str) -> dict[str, str] | None:
-    """The query's parameters as ``request.args.get`` reads them (the first of a repeated one; werkzeug's
-    own parse), or ``None`` when it is not ASCII (werkzeug's decoding then matters: Flask answers)."""
+    """The query's parameters as ``request.args.get`` reads them (the first of a repeated one), or
+    ``None`` when it is not ASCII (werkzeug's decoding then matters: Flask answers). Without an escape
+    (``%``, ``+``) that is a plain split, which is what werkzeug's ``parse_qsl`` does then; with one,
+    ``parse_qsl`` as werkzeug calls it."""
     if not query_string:
         return {}
     if not query_string.isascii():
         return None
     args: dict[str, str] = {}
-    for key, value in parse_qsl(query_string, keep_blank_values=True, errors="werkzeug.url_quote"):
-        args.setdefault(key, value)
+    if "%" in query_string or "+" in query_string:
+        for key, value in parse_qsl(query_string, keep_blank_values=True, errors="werkzeug.url_quote"):
+            args.setdefault(key, value)
+        return args
+    for pair in query_string.split("&"):
+        if pair:
+            key, _, value = pair.partition("=")
+            args.setdefault(key, value)
     return args
 
 
@@ -113,7 +120,7 @@ class FastPath:
         if isinstance(body, bytes):
             headers.append(("Content-Length", str(len(body))))
             body = [body]
-        start_response(status_line(reply.status), headers)
+        start_response(STATUS_LINES.get(reply.status) or f"{reply.status} UNKNOWN", headers)
         self.gw.metrics.observe_request(route.rule, route.method, reply.status, time.perf_counter() - call.started)
         self.served += 1
         return body
