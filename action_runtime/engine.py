@@ -1,30 +1,31 @@
-"""The generation engine: our own decode loop over a KV cache, so tokens stream as they are made,
-a run can stop at any token boundary and export its state, and another instance can resume it.
+"""The generation engine: every run of the runtime decoded together, one forward step for all of them
+(continuous batching, :mod:`action_runtime.batching`), each run streamed token by token as its own.
 
-The loop is the one ``transformers``' greedy ``generate`` runs (prefill the prompt, then one
-forward step per token on a growing cache), so greedy outputs are the same token for token.
-A resumed run prefills ``prompt + generated`` (or extends a cache prepared by :meth:`Engine.prefill`
-in rounds while the source kept decoding) and carries on; sampling is reproducible per step
-(:mod:`action_runtime.sampling`), so a migrated run yields what an unmoved one would have.
+A run is validated here (:meth:`Engine.prepare`), handed to the step loop as a sequence, and read back
+by the thread that serves it (:meth:`Engine.generate`): tokens to text (stop strings, held-back
+characters), the export of a migration, the result. A run can stop at any token boundary and export
+its state, and another instance can resume it: a resumed run recomputes ``prompt + generated`` (or
+takes over a cache prepared by :meth:`Engine.prefill` in rounds while the source kept decoding) and
+carries on; sampling is reproducible per step (:mod:`action_runtime.sampling`). With the paged forward
+a row's result does not depend on the batch or on how a prompt was chunked, so a batched run, a
+preempted and recomputed run and a migrated run all give the run alone, bit for bit.
 """
 
 from __future__ import annotations
 
-import inspect
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
+from action_runtime.batching.build import EngineConfig, build_loop
+from action_runtime.batching.sequence import BatchStats, Ended, EndReason, Sequence, Token
 from action_runtime.control import RunControl
-from action_runtime.leanforward import LeanLlama, lean_forward_for
 from action_runtime.loading import LoadedModel
-from action_runtime.prefill import PrefillSessions, PrefillState
-from action_runtime.sampling import choose_token, new_seed
+from action_runtime.sampling import new_seed
 from action_runtime.textstream import visible_text
-from faas_llm.errors import ActivationTimeoutError, RequestError
+from faas_llm.errors import ActivationTimeoutError, DeveloperError, RequestError
 from faas_llm.genparams import GenerationParams, GenerationState, SamplingParams
 
 
@@ -65,6 +66,8 @@ class GenerationResult:
     total_s: float
     decode_tokens_per_s: float
     state: GenerationState | None = None
+    queued_s: float = 0.0
+    batch: BatchStats = field(default_factory=BatchStats)
 
     @property
     def completion_tokens(self) -> int:
@@ -86,6 +89,10 @@ class GenerationResult:
                 "ttft_s": self.ttft_s,
                 "total_s": self.total_s,
                 "tokens_per_s": self.decode_tokens_per_s,
+                "queued_s": self.queued_s,
+                "batch_size": round(self.batch.mean, 2),
+                "batch_size_max": self.batch.most,
+                "preemptions": self.batch.preemptions,
             },
         }
         if self.state is not None:
@@ -129,21 +136,10 @@ def direct_backend(tokenizer: Any) -> Any:
     return None
 
 
-def new_cache(config: Any) -> Any:
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=config)
-    except TypeError:  # transformers < 4.56 takes no config
-        return DynamicCache()
-
-
 class Engine:
-    """Generation on one loaded model. Thread-safe: each run has its own cache."""
+    """Generation on one loaded model: every run through one step loop (thread-safe)."""
 
-    def __init__(self, loaded: LoadedModel, prefill_capacity: int = 4, lean: bool = False) -> None:
-        """``lean``: try the lean forward (:mod:`action_runtime.leanforward`) for this model; it serves
-        only where it matches the model's own forward bit for bit, else the plain forward does."""
+    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -152,20 +148,18 @@ class Engine:
         self.eos_ids = eos_token_ids(self.model, self.tokenizer)
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self.device = next(self.model.parameters()).device
-        accepted = inspect.signature(self.model.forward).parameters
-        # transformers 5 renamed past_key_values to cache; accept both generations of the API.
-        self._cache_arg = "cache" if "cache" in accepted else "past_key_values"
-        self._keep_last_logits = "logits_to_keep" in accepted
-        self.sessions = PrefillSessions(prefill_capacity)
         self._empty_text = self._decode([])
         self._backend = direct_backend(self.tokenizer)
-        self.lean: LeanLlama | None = None
-        if lean:
-            self.lean = lean_forward_for(self.model, lambda: new_cache(self.model.config), self._cache_arg)
+        self.config = config or EngineConfig()
+        built = build_loop(self.model, self.context, self.config)
+        self.loop = built.loop
+        self.forward_kind = built.kind
+        self.invariant = built.invariant
+        self._ids = itertools.count(1)
 
-    def new_cache(self) -> Any:
-        """An empty KV cache for :meth:`_forward` (the lean forward's own, or a ``DynamicCache``)."""
-        return self.lean.new_cache() if self.lean is not None else new_cache(self.model.config)
+    def close(self) -> None:
+        """Stop the step loop (runs still in it end with an error)."""
+        self.loop.close()
 
     # --- validation --------------------------------------------------------------------
     def _check_ids(self, ids: list[int], what: str) -> None:
@@ -232,46 +226,20 @@ class Engine:
             prefill_session=params.prefill_session,
         )
 
-    # --- the model ---------------------------------------------------------------------
-    def _forward(self, ids: list[int], cache: Any) -> torch.Tensor:
-        if self.lean is not None:
-            with torch.inference_mode():
-                return self.lean.forward(ids, cache)
-        kwargs: dict[str, Any] = {self._cache_arg: cache, "use_cache": True}
-        if self._keep_last_logits:
-            kwargs["logits_to_keep"] = 1
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([ids], device=self.device), **kwargs)
-        return out.logits[0, -1]
 
-    def _prefill(self, ids: list[int], session: str | None) -> tuple[torch.Tensor, Any]:
-        """Logits after ``ids`` and the cache holding them (reusing a prefilled session when it fits)."""
-        prepared = self.sessions.take(session) if session is not None else None
-        if prepared is not None and prepared.ids == ids[: len(prepared.ids)]:
-            rest = ids[len(prepared.ids):]
-            if not rest:
-                return prepared.logits, prepared.cache
-            return self._forward(rest, prepared.cache), prepared.cache
-        cache = self.new_cache()
-        return self._forward(ids, cache), cache
-
-    def prefill(self, session: str, token_ids: list[int]) -> int:
+    # --- prefill sessions (the destination of a migration) -------------------------------
+    def prefill(self, session: str, token_ids: list[int], timeout_s: float | None = None) -> int:
         """Compute (or extend) the KV cache of ``token_ids`` for a resume to come; returns the cached count.
 
         Called in rounds during a migration: each call sends the whole sequence so far; only the
-        tokens past what the session holds are computed.
+        tokens past what the session holds are computed (in the step loop, batched with the runs).
         """
         self._check_ids(token_ids, "token_ids")
         self._check_context(len(token_ids), "the sequence")
-        held = self.sessions.take(session)
-        if held is not None and len(held.ids) <= len(token_ids) and held.ids == token_ids[: len(held.ids)]:
-            rest = token_ids[len(held.ids):]
-            logits = self._forward(rest, held.cache) if rest else held.logits
-            cache = held.cache
-        else:
-            cache = self.new_cache()
-            logits = self._forward(token_ids, cache)
-        self.sessions.put(session, PrefillState(list(token_ids), cache, logits))
+        seq = Sequence(next(self._ids), list(token_ids), len(token_ids), 0, None)
+        ended = self.loop.prefill(session, seq, timeout_s)
+        if ended.reason is not EndReason.PREFILLED:
+            raise DeveloperError(f"the prefill did not complete: {ended.error or ended.reason.value}")
         return len(token_ids)
 
     # --- generation --------------------------------------------------------------------
@@ -284,66 +252,99 @@ class Engine:
         Raises :class:`ActivationTimeoutError` past the control's deadline (between tokens).
         """
         started = time.perf_counter()
-        sampling = run.sampling
-        stops = sampling.stop_strings()
-        generated = list(run.generated_ids)
-        limit = min(sampling.max_tokens, self.context - len(run.prompt_ids))
-        emitted = run.emitted_chars
-        finish: str | None = None
-        state: GenerationState | None = None
-        first_token_at: float | None = None
-
         if control.past_deadline():
-            raise ActivationTimeoutError(completion_tokens=len(generated))
-        logits, cache = self._prefill(run.prompt_ids + generated, run.prefill_session)
-        prefill_s = time.perf_counter() - started
-        # the text of ``generated`` (decoded again only when a token is added)
-        decoded = self._decode(generated) if generated else self._empty_text
-        visible = visible_text(decoded, stops)
-        while finish is None:
-            if len(generated) >= limit:
-                finish = "length"
-                break
-            if control.should_stop(len(generated)):
-                finish = "migrated"
-                state = GenerationState(
-                    model=self.name, prompt_ids=run.prompt_ids, generated_ids=generated, sampling=sampling,
-                    seed=run.seed, emitted_chars=emitted,
-                )
-                control.exported(state)
-                break
-            if control.past_deadline():
-                raise ActivationTimeoutError(completion_tokens=len(generated), text=visible.text)
-            token = choose_token(logits, sampling, run.seed, len(generated))
-            generated.append(token)
-            control.publish(token)
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
-            decoded = self._decode(generated)
-            visible = visible_text(decoded, stops)
-            yield TextEvent(visible.text[emitted:], token, len(generated) - 1)
-            emitted = max(emitted, len(visible.text))
-            if token in self.eos_ids or visible.stopped:
-                finish = "stop"
-            elif len(generated) < limit:
-                logits = self._forward([token], cache)
+            raise ActivationTimeoutError(completion_tokens=len(run.generated_ids))
+        limit = min(run.sampling.max_tokens, self.context - len(run.prompt_ids))
+        seq = Sequence(next(self._ids), run.prompt_ids + run.generated_ids, len(run.prompt_ids), limit, run.sampling,
+                       seed=run.seed, control=control, eos_ids=self.eos_ids)
+        reader = _RunReader(self, run, control)
+        self.loop.submit(seq, run.prefill_session)
+        ended: Ended | None = None
+        try:
+            while ended is None and not reader.stopped:
+                item = seq.outbox.get()
+                if isinstance(item, Token):
+                    yield reader.token(item)
+                else:
+                    ended = item
+        finally:
+            if ended is None:  # a stop string, or the reader went away: the sequence leaves the batch
+                self.loop.cancel(seq)
+        finish = "stop" if ended is None else reader.finish(ended)
+        tail = reader.flush(finish)
+        if tail is not None:
+            yield tail
+        yield reader.result(seq, finish, started)
 
-        if finish != "migrated":
-            visible = visible_text(decoded, stops, final=True)  # every token was decoded as it came
-            if len(visible.text) > emitted:
-                yield TextEvent(visible.text[emitted:])
+
+class _RunReader:
+    """One run's tokens turned into text as they arrive (on the thread serving the run)."""
+
+    def __init__(self, engine: Engine, run: PreparedRun, control: RunControl) -> None:
+        self.engine, self.run, self.control = engine, run, control
+        self.stops = run.sampling.stop_strings()
+        self.generated = list(run.generated_ids)
+        self.emitted = run.emitted_chars
+        # the text of ``generated`` (decoded again only when a token is added)
+        self.decoded = engine._decode(self.generated) if self.generated else engine._empty_text
+        self.visible = visible_text(self.decoded, self.stops)
+        self.first_token_at: float | None = None
+        self.state: GenerationState | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.visible.stopped
+
+    def token(self, item: Token) -> TextEvent:
+        self.generated.append(item.token_id)
+        self.control.publish(item.token_id)
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.decoded = self.engine._decode(self.generated)
+        self.visible = visible_text(self.decoded, self.stops)
+        event = TextEvent(self.visible.text[self.emitted:], item.token_id, item.index)
+        self.emitted = max(self.emitted, len(self.visible.text))
+        return event
+
+    def finish(self, ended: Ended) -> str:
+        """The finish reason of how the sequence ended (raises for a timeout or a failure)."""
+        reason = ended.reason
+        if reason in (EndReason.STOP, EndReason.LENGTH):
+            return reason.value
+        if reason is EndReason.MIGRATED:
+            run = self.run
+            self.state = GenerationState(
+                model=self.engine.name, prompt_ids=run.prompt_ids, generated_ids=self.generated,
+                sampling=run.sampling, seed=run.seed, emitted_chars=self.emitted,
+            )
+            self.control.exported(self.state)
+            return "migrated"
+        if reason is EndReason.TIMEOUT:
+            raise ActivationTimeoutError(completion_tokens=len(self.generated), text=self.visible.text)
+        if ended.error is not None:
+            raise ended.error
+        raise DeveloperError(f"the generation ended early ({reason.value})")
+
+    def flush(self, finish: str) -> TextEvent | None:
+        """The held-back text, at the end (every token was decoded as it came)."""
+        if finish == "migrated":
+            return None
+        self.visible = visible_text(self.decoded, self.stops, final=True)
+        if len(self.visible.text) > self.emitted:
+            return TextEvent(self.visible.text[self.emitted:])
+        return None
+
+    def result(self, seq: Sequence, finish: str, started: float) -> GenerationResult:
         ended = time.perf_counter()
-        new_tokens = len(generated) - len(run.generated_ids)
-        decode_rate = (new_tokens - 1) / (ended - first_token_at) if first_token_at and new_tokens > 1 else 0.0
-        yield GenerationResult(
-            text=visible.text,
-            token_ids=generated,
-            finish_reason=finish,
-            prompt_tokens=len(run.prompt_ids),
-            resumed_tokens=len(run.generated_ids),
-            prefill_s=prefill_s,
-            ttft_s=None if first_token_at is None else first_token_at - started,
-            total_s=ended - started,
-            decode_tokens_per_s=decode_rate,
-            state=state,
+        first = self.first_token_at
+        new_tokens = len(self.generated) - len(self.run.generated_ids)
+        decode_rate = (new_tokens - 1) / (ended - first) if first and new_tokens > 1 else 0.0
+        computed = seq.computed_at
+        return GenerationResult(
+            text=self.visible.text, token_ids=self.generated, finish_reason=finish,
+            prompt_tokens=len(self.run.prompt_ids), resumed_tokens=len(self.run.generated_ids),
+            prefill_s=(computed - started) if computed is not None else 0.0,
+            ttft_s=None if first is None else first - started, total_s=ended - started,
+            decode_tokens_per_s=decode_rate, state=self.state,
+            queued_s=(seq.scheduled_at - started) if seq.scheduled_at is not None else 0.0, batch=seq.stats,
         )

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from action_runtime.activation_env import end_activation, export_env
+from action_runtime.batching.build import EngineConfig
 from action_runtime.control import RunControl, RunRegistry
 from action_runtime.engine import Engine, GenerationResult, PreparedRun, TextEvent
 from action_runtime.handler import Handler, call_handler, compile_handler
 from action_runtime.loading import LoadedModel, ModelSource, ModelSpec, load_model
 from action_runtime.responses import encode_result, run_error_status
-from action_runtime.threads import intra_op_threads, lean_forward_wanted, parameter_count
+from action_runtime.threads import intra_op_threads, parameter_count
 from faas_llm.errors import (
     ConflictError,
     DeveloperError,
@@ -143,6 +144,7 @@ class RuntimeService:
     def close(self) -> None:
         """Give back the model's cache-agent lease, if any (the runtime is going away; no run after this)."""
         if self._engine is not None:
+            self._engine.close()  # no step may run on the weights once their lease is given back
             self._engine.loaded.close()
 
     def init_from_settings(self) -> None:
@@ -160,14 +162,16 @@ class RuntimeService:
         if value.env:
             export_env(value.env)
         loaded: LoadedModel = load_model(spec, self.settings, self.sources)
+        engine: Engine | None = None
         try:
             self._set_torch_threads(loaded.model)
-            lean = lean_forward_wanted(parameter_count(loaded.model), self.settings.runtime_single_thread_below_params)
-            engine = Engine(loaded, lean=lean)
+            engine = Engine(loaded, EngineConfig.from_settings(self.settings))
             handler = None
             if value.code and value.code.strip():
                 handler = compile_handler(value.code, value.main, _LLMFacade(self), value.name or "action")
         except BaseException:
+            if engine is not None:
+                engine.close()
             loaded.close()  # a failed init gives its lease back at once
             raise
         self._engine, self._handler = engine, handler

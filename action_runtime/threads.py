@@ -25,13 +25,6 @@ def intra_op_threads(configured: int, n_params: int, single_thread_below: int) -
     return None
 
 
-def lean_forward_wanted(n_params: int, small_below: int) -> bool:
-    """Whether to try the lean forward (:mod:`action_runtime.leanforward`): for the same small models
-    (fewer than ``runtime_single_thread_below_params`` parameters), whose per-token cost is the Python
-    around the kernels; a large model's is its matrix products, and its ``/init`` is spared the probe."""
-    return n_params < small_below
-
-
 def parameter_count(model: Any) -> int:
     """The number of parameters of a torch module (tied weights counted once)."""
     return sum(p.numel() for p in model.parameters())

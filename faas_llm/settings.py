@@ -101,6 +101,29 @@ class Settings(BaseModel):
         "of 4 KiB pages up to this size before /init (2 MiB of page tables per GiB per runtime), so a lease is a "
         "view with its page tables built; 0: never.",
     )
+    runtime_kv_cache_bytes: int = Field(
+        512 * MiB, ge=MiB, description="Memory budget of one runtime's KV cache (every sequence it batches): "
+        "when its blocks run out, new requests queue and the newest running sequence is preempted (recomputed "
+        "later); raised to one whole context of the model if smaller.",
+    )
+    runtime_kv_block_tokens: int = Field(32, ge=1, le=1024, description="Token positions in one KV cache block.")
+    runtime_max_batch: int = Field(
+        256, ge=1, le=4096, description="Most sequences one runtime decodes together (the invoker sends a container "
+        "at most its action's limits.concurrency runs; runtime_threads bounds the requests it serves at once).",
+    )
+    runtime_step_tokens: int = Field(
+        64, ge=1, le=65536, description="Tokens one forward step computes besides the decodes: prompts are "
+        "prefilled in chunks of what is left, so a long prompt stalls the running sequences for one chunk at most.",
+    )
+    runtime_batch_invariance: Literal["auto", "require", "off"] = Field(
+        "auto", description="require: batch only with a forward that gives every run the bits it would get alone "
+        "(checked at /init; else one model call per sequence); off: batch anyway; auto: require on a CPU, off on "
+        "a GPU.",
+    )
+    runtime_device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$", description="Where a runtime serves its model: cpu, cuda, "
+        "cuda:N, or auto (the first GPU the runtime sees, else the CPU).",
+    )
     runtime_model: str = Field(
         "", description="Model a runtime loads at start with no /init (Knative): a registry name or a checkpoint "
         "directory (starting with /, . or ~); empty: wait for /init.",

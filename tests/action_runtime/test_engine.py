@@ -1,14 +1,16 @@
-"""The decode loop on real tiny models, in-process: equal to transformers' generate, stop rules,
-and exact resumption (the migration property) at every kind of boundary."""
+"""The engine on real tiny models, in-process: equal to transformers' generate, stop rules,
+and exact resumption (the migration property) at every kind of boundary, on both forwards."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from action_runtime.batching.build import EngineConfig
 from action_runtime.control import RunControl
 from action_runtime.engine import Engine, GenerationResult, TextEvent
 from action_runtime.loading import ModelSpec, load_model
@@ -19,16 +21,19 @@ from faas_llm.settings import Settings
 PROMPT = "The serverless platform"
 
 
-def make_engine(model_dir: Path, tmp_path: Path, lean: bool = False) -> Engine:
-    return Engine(load_model(ModelSpec(checkpoint=str(model_dir)), Settings(data_dir=tmp_path)), lean=lean)
+def make_engine(model_dir: Path, tmp_path: Path, paged: bool | None = None) -> Engine:
+    loaded = load_model(ModelSpec(checkpoint=str(model_dir)), Settings(data_dir=tmp_path))
+    return Engine(loaded, EngineConfig(paged=paged))
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["plain", "lean"])
-def engine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Engine:
-    """The tiny Llama on transformers' forward, and on the lean forward (action_runtime/leanforward.py)."""
-    eng = make_engine(tiny_model_dir, tmp_path_factory.mktemp("engine"), lean=request.param)
-    assert (eng.lean is not None) == request.param
-    return eng
+@pytest.fixture(scope="module", params=[False, None], ids=["percall", "paged"])
+def engine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+           request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """The tiny Llama on transformers' forward (one call per sequence), and on the paged batched forward."""
+    eng = make_engine(tiny_model_dir, tmp_path_factory.mktemp("engine"), paged=request.param)
+    assert eng.forward_kind == ("percall" if request.param is False else "paged")
+    yield eng
+    eng.close()
 
 
 def run(engine: Engine, value: dict[str, Any], control: RunControl | None = None) -> tuple[GenerationResult,
@@ -55,7 +60,7 @@ def hf_greedy(engine: Engine, prompt_ids: list[int], max_new_tokens: int, **kwar
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
 def test_greedy_equals_transformers_generate(arch: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     fixture = {"llama": "tiny_model_dir", "gpt2": "tiny_gpt2_dir", "opt": "tiny_opt_dir"}[arch]
-    eng = make_engine(request.getfixturevalue(fixture), tmp_path, lean=True)
+    eng = make_engine(request.getfixturevalue(fixture), tmp_path)
     result, events = run(eng, {"prompt": PROMPT, "max_tokens": 40, "temperature": 0})
     prompt_ids = eng.tokenize(parse_generation_params({"prompt": PROMPT}))
     assert result.token_ids == hf_greedy(eng, prompt_ids, 40)
@@ -63,6 +68,7 @@ def test_greedy_equals_transformers_generate(arch: str, request: pytest.FixtureR
     assert [e.token_id for e in events if e.token_id is not None] == result.token_ids
     assert "".join(e.text for e in events) == result.text == eng.tokenizer.decode(result.token_ids,
                                                                                  skip_special_tokens=True)
+    eng.close()
 
 
 def test_eos_ends_the_run_like_generate(engine: Engine) -> None:

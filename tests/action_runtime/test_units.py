@@ -11,7 +11,6 @@ import torch
 from action_runtime.control import RunControl, RunRegistry
 from action_runtime.handler import call_handler, compile_handler
 from action_runtime.loading import ModelSpec, load_model, resolve
-from action_runtime.prefill import PrefillSessions, PrefillState
 from action_runtime.responses import encode_result, run_error_status
 from action_runtime.sampling import choose_token, step_seed, top_p_filter
 from action_runtime.server import server_options
@@ -194,16 +193,6 @@ def test_deadline() -> None:
     assert RunControl("r", deadline_ms=1).past_deadline()
     assert not RunControl("r", deadline_ms=None).past_deadline()
     assert not RunControl("r", deadline_ms=10**15).past_deadline()
-
-
-def test_prefill_sessions_are_bounded_and_taken() -> None:
-    sessions = PrefillSessions(capacity=2)
-    for name in ("a", "b", "c"):
-        sessions.put(name, PrefillState([1], None, None))
-    assert len(sessions) == 2
-    assert sessions.take("a") is None
-    assert sessions.take("c") is not None
-    assert sessions.take("c") is None
 
 
 # --- errors and limits ------------------------------------------------------------------------
