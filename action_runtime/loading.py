@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
+from action_runtime.device import on_device, serving_device
 from faas_llm.errors import CacheAgentError, CheckpointError, InitError, NotFoundError, RegistryError
 from faas_llm.settings import Settings
 from faas_llm.types import LoadTier, ModelName
@@ -119,7 +120,7 @@ class HFDirSource(ModelSource):
             model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise InitError(f"cannot load the model from {path}: {exc}") from None
-        return model.eval(), {}
+        return on_device(model.eval(), serving_device(settings.runtime_device)), {}
 
 
 class CheckpointSource(ModelSource):
@@ -142,7 +143,7 @@ class CheckpointSource(ModelSource):
         loader = self._loader()
         if loader is None:
             raise CheckpointError("this build has no faas-llm checkpoint loader")
-        model, stats = loader(path, settings=settings)
+        model, stats = loader(path, settings=settings, device=serving_device(settings.runtime_device))
         detail = dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) and not isinstance(stats, type) else {}
         return model.eval(), detail
 
@@ -211,8 +212,9 @@ def load_from_cache_agent(name: str, settings: Settings) -> LoadedModel:
         client.close()
         raise
     detail = {"lease": loaded.lease.lease_id} if loaded.lease is not None else {"path": str(loaded.path)}
+    model = on_device(loaded.model.eval(), serving_device(settings.runtime_device))  # a GPU: one copy from the pool
     return LoadedModel(
-        model=loaded.model.eval(), tokenizer=tokenizer, name=name, tier=loaded.tier,
+        model=model, tokenizer=tokenizer, name=name, tier=loaded.tier,
         load_s=time.perf_counter() - started, source="cache-agent", detail=detail, handle=client,
     )
 

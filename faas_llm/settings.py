@@ -81,8 +81,9 @@ class Settings(BaseModel):
         8080, ge=1, le=65535, json_schema_extra={"env": "PORT"},
         description="Port an action runtime listens on (Knative's $PORT).",
     )
-    runtime_threads: int = Field(8, ge=1, le=256,
-                                 description="Requests an action runtime handles at once (its HTTP server's threads).")
+    runtime_threads: int = Field(
+        64, ge=1, le=256, description="Requests an action runtime handles at once (its HTTP server's threads): at "
+        "least the limits.concurrency of the actions it may serve, whose runs it batches.")
     runtime_drain_s: float = Field(30.0, ge=0, description="Grace period to drain in-flight runs on SIGTERM.")
     runtime_torch_threads: int = Field(
         0, ge=0, description="torch intra-op threads (0: chosen by the model's size, see "
@@ -161,6 +162,11 @@ class Settings(BaseModel):
     # --- invoker -------------------------------------------------------------------
     prewarm_count: int = Field(1, ge=0, le=64, description="Prewarmed runtimes each invoker keeps ready.")
     max_containers: int = Field(4, ge=1, le=1024, description="Container slots of a node.")
+    node_gpus: str = Field(
+        "", pattern=r"^([0-9]+(,[0-9]+)*)?$", description="GPU ids of this node, comma-separated (e.g. 0,1): each "
+        "runtime the invoker starts gets one of its own (CUDA_VISIBLE_DEVICES, runtime_device cuda), so a node "
+        "runs at most one runtime per GPU; empty: CPU runtimes.",
+    )
     node_memory_mb: int = Field(16_384, ge=128, description="Memory a node gives to containers.")
     keep_alive_s: float = Field(600.0, ge=0, description="Default idle time before a container is removed.")
     keep_idle_until_needed: bool = Field(

@@ -34,6 +34,29 @@ from invoker.logs import LogCollector
 _PR_SET_PDEATHSIG = 1
 
 
+def gpu_ids(setting: str) -> list[str]:
+    """The GPU ids of ``node_gpus`` (``"0,1"`` -> ``["0", "1"]``; empty: none)."""
+    return [g for g in setting.split(",") if g]
+
+
+class GpuSlots:
+    """The node's GPUs as slots: a runtime takes one for its life and gives it back when removed."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self._lock = threading.Lock()
+        self._free = list(ids)
+
+    def take(self) -> str:
+        with self._lock:
+            if not self._free:
+                raise InternalError("every GPU of this node serves a runtime already")
+            return self._free.pop(0)
+
+    def give(self, gpu: str) -> None:
+        with self._lock:
+            self._free.append(gpu)
+
+
 @dataclass
 class RuntimeHandle:
     """A started runtime: its id, base URL and log collector (``native`` is the factory's own object)."""
@@ -102,16 +125,31 @@ class ProcessFactory(ContainerFactory):
         self._lock = threading.Lock()
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._closed = False
+        gpus = gpu_ids(settings.node_gpus)
+        self.gpus = GpuSlots(gpus) if gpus else None
+
+    def _environ(self, port: int) -> tuple[dict[str, str], str | None]:
+        """The runtime's environment; on a GPU node, with a GPU of its own."""
+        if self.gpus is None:
+            return child_environ(self.settings.model_copy(update={"runtime_port": port})), None
+        gpu = self.gpus.take()
+        child = self.settings.model_copy(update={"runtime_port": port, "runtime_device": "cuda"})
+        return {**child_environ(child), "CUDA_VISIBLE_DEVICES": gpu}, gpu
 
     def start(self, container_id: str) -> RuntimeHandle:
         port = free_port(self.settings.runtime_host)
-        child = self.settings.model_copy(update={"runtime_port": port})
+        env, gpu = self._environ(port)
         logs = LogCollector(self.settings.max_log_bytes)
-        proc = subprocess.Popen(
-            self.command, env=child_environ(child), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
+        try:
+            proc = subprocess.Popen(
+                self.command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+        except BaseException:
+            if gpu is not None and self.gpus is not None:
+                self.gpus.give(gpu)
+            raise
         with self._lock:
             self._procs[proc.pid] = proc
             closed = self._closed
@@ -120,7 +158,8 @@ class ProcessFactory(ContainerFactory):
         assert proc.stdout is not None and proc.stderr is not None
         logs.follow("stdout", proc.stdout)
         logs.follow("stderr", proc.stderr)
-        handle = RuntimeHandle(container_id, f"http://{self.settings.runtime_host}:{port}", logs, proc, proc.pid)
+        handle = RuntimeHandle(container_id, f"http://{self.settings.runtime_host}:{port}", logs, proc, proc.pid,
+                               extra={"gpu": gpu} if gpu is not None else {})
         try:
             wait_ready(handle.url, lambda: proc.poll() is None, self.settings.runtime_start_timeout_s)
         except InternalError:
@@ -152,7 +191,10 @@ class ProcessFactory(ContainerFactory):
                 except OSError:
                     pass
         with self._lock:
-            self._procs.pop(proc.pid, None)
+            known = self._procs.pop(proc.pid, None) is not None
+        gpu = handle.extra.get("gpu")
+        if known and gpu is not None and self.gpus is not None:
+            self.gpus.give(gpu)
 
     def close(self) -> None:
         """Kill every runtime this factory started that still runs (starts in progress fail at once)."""

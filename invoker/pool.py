@@ -23,7 +23,7 @@ from faas_llm.settings import Settings
 from faas_llm.types import Action, ContainerInfo, ContainerState, now_ms
 from invoker import runtime_client
 from invoker.container import Container
-from invoker.factory import ContainerFactory
+from invoker.factory import ContainerFactory, gpu_ids
 from invoker.metrics import InvokerMetrics
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,9 @@ class ContainerPool:
         self.metrics = metrics
         self.on_ready = on_ready
         self.on_init_failed = on_init_failed
-        self.capacity = PoolCapacity(settings.max_containers, settings.node_memory_mb)
+        # a GPU node runs one runtime per GPU (invoker.factory.GpuSlots)
+        gpus = len(gpu_ids(settings.node_gpus)) or settings.max_containers
+        self.capacity = PoolCapacity(min(settings.max_containers, gpus), settings.node_memory_mb)
         self.lock = threading.RLock()
         self.containers: dict[str, Container] = {}
         self.executor = ThreadPoolExecutor(max_workers=settings.max_containers + 2, thread_name_prefix="pool")

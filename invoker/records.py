@@ -2,7 +2,8 @@
 
 Annotations follow OpenWhisk (``path``, ``kind``, ``limits``, ``timeout``, ``waitTime``, and
 ``initTime`` on a cold start only); faas-llm's fields say where the model came from
-(``coldStart``, ``loadTier``, ``loadTime``), which node ran it and ``timeToFirstToken``:
+(``coldStart``, ``loadTier``, ``loadTime``), which node ran it, ``batchSize`` (the runs it shared its
+runtime's forward steps with: mean and most) and ``timeToFirstToken``:
 seconds from the enqueue to the first token (streams: the first streamed token; otherwise the
 queue wait plus the runtime's own time to first token).
 """
@@ -46,6 +47,14 @@ def runtime_ttft(result: Any) -> float | None:
     return None
 
 
+def runtime_batch(result: Any) -> dict[str, Any] | None:
+    """The batch the run shared in its runtime (``timings.batch_size`` mean and ``batch_size_max``), if reported."""
+    timings = result.get("timings") if isinstance(result, dict) else None
+    if isinstance(timings, dict) and isinstance(timings.get("batch_size"), int | float):
+        return {"mean": timings["batch_size"], "max": timings.get("batch_size_max")}
+    return None
+
+
 def build_record(inv: Invocation, facts: RunFacts, limits: Limits | None = None, kind: str = "llm") -> ActivationRecord:
     limits = limits or Limits()
     annotations = [
@@ -57,6 +66,9 @@ def build_record(inv: Invocation, facts: RunFacts, limits: Limits | None = None,
     ]
     if facts.cold_start and facts.init_ms is not None:
         annotations.append(KeyValue(key="initTime", value=facts.init_ms))
+    batch = runtime_batch(facts.result)
+    if batch is not None:  # continuous batching: how many runs this one shared its runtime's steps with
+        annotations.append(KeyValue(key="batchSize", value=batch))
     return ActivationRecord(
         namespace=inv.namespace,
         name=inv.action,

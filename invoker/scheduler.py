@@ -183,7 +183,8 @@ class Scheduler:
         if backlog and self.expire_backlog is not None:
             backlog -= self.expire_backlog(ns, name, action.limits)
         instances, in_flight = instances_of(reports, ns, name)
-        wanted = instances_to_start(action.scaling, instances + pending_starts, in_flight, backlog)
+        wanted = instances_to_start(action.scaling, instances + pending_starts, in_flight, backlog,
+                                    action.limits.concurrency)
         if wanted <= 0:
             return 0
         return self._place(action, wanted, reports, inventories,

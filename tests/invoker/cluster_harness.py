@@ -89,9 +89,10 @@ class Cluster:
                     out.append((node, c))
         return out
 
-    def put_action(self, name: str, model: str = "tiny", code: str | None = None, **scaling: Any) -> Action:
+    def put_action(self, name: str, model: str = "tiny", code: str | None = None, concurrency: int = 1,
+                   **scaling: Any) -> Action:
         action = Action(namespace="guest", name=name, exec=Exec(kind="llm", model=model, code=code),
-                        limits=Limits(timeout=60_000, memory=512), scaling=Scaling(**scaling))
+                        limits=Limits(timeout=60_000, memory=512, concurrency=concurrency), scaling=Scaling(**scaling))
         self.r.set(self.keys.action("guest", name), action.model_dump_json())
         return action
 

@@ -98,6 +98,20 @@ def test_max_instances_respected_under_a_burst(cluster: Cluster) -> None:
     assert 1 <= sum(r.coldStart for r in records) <= 2
 
 
+def test_one_warm_container_batches_up_to_its_concurrency(cluster: Cluster) -> None:
+    """limits.concurrency 4: the invoker sends four runs into the one warm container (no second one is
+    started: the autoscaler's target is the container's concurrency) and the runtime decodes them
+    together; each record says how many runs it shared the steps with."""
+    cluster.put_action("batched", concurrency=4, max_instances=4, keep_alive=10.0)
+    assert cluster.result(cluster.invoke("batched")).response.success  # the container, warm
+    aids = [cluster.invoke("batched", {"prompt": f"batch {i}", "max_tokens": 400, "temperature": 0}) for i in range(4)]
+    records = [cluster.result(a) for a in aids]
+    assert all(r.response.success and not r.coldStart for r in records), [r.response for r in records]
+    assert len({r.node for r in records}) == 1 and len(cluster.containers_of("batched")) == 1
+    shared = [annotation(r, "batchSize") for r in records]
+    assert all(s is not None for s in shared) and max(s["max"] for s in shared) >= 2, shared
+
+
 def test_streamed_tokens_reach_the_token_stream(cluster: Cluster) -> None:
     cluster.put_action("streamer", keep_alive=1.0)
     aid = cluster.invoke("streamer", {"prompt": "hello", "max_tokens": 5, "temperature": 0}, stream=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from faas_llm.autoscale import IdleInstance, desired_instances, instances_to_start, scale_in
+from faas_llm.autoscale import IdleInstance, desired_instances, instances_to_start, scale_in, target_per_instance
 from faas_llm.errors import InternalError
 from faas_llm.pool_policy import (
     TRANSITIONS,
@@ -135,6 +135,20 @@ def test_keep_alive_expiry_oldest_first_only_idle_of_known_actions() -> None:
 
 
 # --- autoscaling --------------------------------------------------------------------------
+
+
+def test_the_containers_concurrency_is_the_target_unless_a_lower_one_is_set() -> None:
+    """Knative: with no soft target the hard limit (containerConcurrency = limits.concurrency, the runs one
+    container batches) is the target; a soft target above 1 lowers it, never raises it."""
+    default = Scaling(min_instances=0, max_instances=10)
+    assert target_per_instance(default, 16) == 16 and target_per_instance(default, 1) == 1
+    assert target_per_instance(Scaling(target_concurrency=4), 16) == 4
+    assert target_per_instance(Scaling(target_concurrency=40), 16) == 16
+    assert desired_instances(default, 16, 0, concurrency=16) == 1  # one warm container takes all 16
+    assert desired_instances(default, 16, 1, concurrency=16) == 2  # the 17th run: scale out
+    assert instances_to_start(default, 1, 10, 0, concurrency=16) == 0
+    assert instances_to_start(default, 1, 16, 5, concurrency=16) == 1
+    assert desired_instances(default, 5, 0, concurrency=1) == 5
 
 
 def test_desired_instances_by_target_concurrency_within_bounds() -> None:
