@@ -24,3 +24,8 @@ echo "gpu tests rc=${PIPESTATUS[0]}" | tee -a "$OUT/gpu_tests.log"
 timeout "${GPU_BENCH_TIMEOUT:-330}" python3 -m bench.gpu_load --size bench --repeats "${GPU_REPEATS:-3}" --sweep \
     --json "$OUT/gpu_load.json" 2>&1 | tee "$OUT/gpu_load.log"
 echo "gpu bench rc=${PIPESTATUS[0]}" | tee -a "$OUT/gpu_load.log"
+# continuous batching on the GPU (issue 18): the runtime's engine (runtime_device auto: the GPU) against
+# transformers' continuous batching, small model, 1/16/64 streams (vLLM CUDA is not installed here)
+timeout "${GPU_BATCH_TIMEOUT:-240}" python3 -m bench.batch_bench --sizes small --engines ours hf-cb --streams 1 16 64 \
+    --rates 50 --open-requests 40 --repeats 1 --timeout 200 --json "$OUT/batch_bench.json" 2>&1 | tee "$OUT/batch_bench.log"
+echo "batch bench rc=${PIPESTATUS[0]}" | tee -a "$OUT/batch_bench.log"
